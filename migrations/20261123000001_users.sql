@@ -1,0 +1,62 @@
+-- SCIM users and their outbox rows (see docs/architecture.md).
+
+-- Lower-cased e-mail values of a SCIM resource, for the GIN index that serves
+-- `emails.value eq "..."` and `emails[type eq "work"].value eq "..."` lookups.
+CREATE FUNCTION scim_email_values(resource jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(lower(e ->> 'value')), '{}')
+    FROM jsonb_array_elements(
+        CASE WHEN jsonb_typeof(resource -> 'emails') = 'array'
+             THEN resource -> 'emails' ELSE '[]'::jsonb END) AS e
+    WHERE e ->> 'value' IS NOT NULL
+$$;
+
+CREATE TABLE users (
+    id            uuid        PRIMARY KEY,
+    tenant_id     text        NOT NULL,
+    user_name     text        NOT NULL,
+    external_id   text,
+    active        boolean     NOT NULL,
+    -- The canonical SCIM resource without id, meta, schemas and password.
+    resource      jsonb       NOT NULL,
+    -- The ETag; bumped by every write.
+    version       bigint      NOT NULL,
+    created       timestamptz NOT NULL,
+    last_modified timestamptz NOT NULL,
+    -- Set by SCIM DELETE: the user is gone for SCIM at once; the row stays as a
+    -- tombstone until the Ameyo side has been removed too.
+    deleted_at    timestamptz
+);
+
+-- userName is unique per tenant, case-insensitively (RFC 7643 §4.1.1). The pattern
+-- operator class lets the same index serve `eq` and `sw`.
+CREATE UNIQUE INDEX users_tenant_user_name_key
+    ON users (tenant_id, lower(user_name) text_pattern_ops) WHERE deleted_at IS NULL;
+CREATE INDEX users_tenant_external_id
+    ON users (tenant_id, external_id) WHERE deleted_at IS NULL;
+CREATE INDEX users_tenant_created
+    ON users (tenant_id, created, id) WHERE deleted_at IS NULL;
+CREATE INDEX users_emails
+    ON users USING gin (scim_email_values(resource)) WHERE deleted_at IS NULL;
+
+-- The outbox: one row per user, level-triggered. A SCIM write sets desired_version in
+-- the same transaction; the worker records synced_version once Ameyo has that state.
+CREATE TABLE sync_state (
+    user_id          uuid        PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    tenant_id        text        NOT NULL,
+    desired_version  bigint      NOT NULL,
+    synced_version   bigint      NOT NULL DEFAULT 0,
+    state            text        NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'leased', 'done', 'dead')),
+    attempts         integer     NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    lease_until      timestamptz,
+    lease_owner      text,
+    last_error       text,
+    ameyo_user_id    text,
+    cc_user_id       bigint,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX sync_state_due ON sync_state (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX sync_state_tenant_state ON sync_state (tenant_id, state);

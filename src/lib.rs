@@ -1,0 +1,13 @@
+//! ameyo-scim: a SCIM 2.0 service that provisions users from identity providers (Okta,
+//! Microsoft Entra ID, any SCIM client) into Ameyo contact centers.
+//!
+//! Data flows `http` -> `scim` (pure protocol logic) -> `store` (Postgres, one
+//! transaction per write, with a pending outbox row for delivery to Ameyo).
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod scim;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    ameyo_scim::cli::main()
+}

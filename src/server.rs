@@ -1,0 +1,88 @@
+//! Start-up: connect, migrate, serve until told to stop. Takes the listener and the
+//! shutdown signal as arguments so tests control both.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::{Settings, redacted_url};
+use crate::http::{AppState, router};
+use crate::store::PgStore;
+use crate::store::postgres::connect_lazy;
+use secrecy::ExposeSecret;
+
+/// Connect to the database and apply pending migrations.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<PgStore> {
+    let pool = connect_lazy(&settings.database).context("invalid database.url")?;
+    let store = PgStore::new(pool);
+    store.migrate().await.with_context(|| {
+        format!(
+            "cannot apply migrations to {}",
+            redacted_url(settings.database.url.expose_secret())
+        )
+    })?;
+    Ok(store)
+}
+
+/// Serve on `listener` until `shutdown` completes, then let in-flight requests finish
+/// within `server.shutdown_grace_secs`.
+pub async fn serve_with_listener(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = migrate(&settings).await?;
+    let state = AppState::new(&settings, Arc::new(store)).map_err(anyhow::Error::msg)?;
+    let app = router(
+        state,
+        Duration::from_secs(settings.server.request_timeout_secs),
+    );
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving SCIM at /scim/v2");
+
+    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_rx2 = stop_rx.clone();
+    tokio::select! {
+        r = server => r.context("server failed")?,
+        _ = async move {
+            let _ = stop_rx2.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; exiting with requests still open");
+        }
+    }
+    drop(stop_rx);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
