@@ -81,6 +81,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let scim = Router::new()
         .route("/Users", get(users::list).post(users::create))
         .route("/Users/.search", post(users::search))
+        // Root search (RFC 7644 §3.4.3): Users are our only resource type.
+        .route("/.search", post(users::search))
         .route(
             "/Users/{id}",
             get(users::get_one)

@@ -63,13 +63,11 @@ fn finish(mut resource: Map<String, Value>, password: Option<SecretString>) -> R
         .get("externalId")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let active = match resource.get("active") {
-        Some(Value::Bool(b)) => *b,
-        _ => {
-            resource.insert("active".into(), Value::Bool(true));
-            true
-        }
-    };
+    // A user the IdP says nothing about is active; the resource stays as sent.
+    let active = resource
+        .get("active")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     if let Some(Value::Object(ext)) = resource.get_mut(AMEYO_USER) {
         validate_ameyo(ext)?;
     }
@@ -323,7 +321,9 @@ fn normalize_single(def: &'static AttrDef, value: Value, path: &str) -> Result<O
     }
 }
 
-/// The Ameyo extension's values must be ones Ameyo accepts, or delivery would fail later.
+/// The Ameyo extension's enumerations must name values Ameyo knows, or delivery would
+/// fail later. Numbers go to Ameyo as sent: no public source gives their limits, and
+/// Ameyo's own refusal reaches operators as a dead letter with its reason.
 fn validate_ameyo(ext: &mut Map<String, Value>) -> Result<()> {
     for (key, allowed) in [
         ("userType", AMEYO_USER_TYPES),
@@ -341,18 +341,6 @@ fn validate_ameyo(ext: &mut Map<String, Value>) -> Result<()> {
                     )));
                 }
             }
-        }
-    }
-    for (key, min, max) in [
-        ("maxAllowedLogins", 1, 1000),
-        ("contactCenterId", 1, i64::MAX),
-    ] {
-        if let Some(n) = ext.get(key).and_then(Value::as_i64)
-            && !(min..=max).contains(&n)
-        {
-            return Err(ScimError::invalid_value(format!(
-                "{AMEYO_USER}:{key} must be between {min} and {max}"
-            )));
         }
     }
     Ok(())
@@ -487,7 +475,11 @@ mod tests {
                 ScimType::InvalidValue,
             ),
             (
-                json!({"userName": "a", AMEYO_USER: {"maxAllowedLogins": 0}}),
+                json!({"userName": "a", AMEYO_USER: {"loginPolicy": "always"}}),
+                ScimType::InvalidValue,
+            ),
+            (
+                json!({"userName": "a", AMEYO_USER: {"maxAllowedLogins": "two"}}),
                 ScimType::InvalidValue,
             ),
             (json!([1, 2]), ScimType::InvalidSyntax),
