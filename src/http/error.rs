@@ -55,9 +55,6 @@ impl From<StoreError> for ApiError {
             }
             StoreError::PreconditionFailed => ScimError::precondition_failed().into(),
             StoreError::Rejected(e) => e.into(),
-            StoreError::Contention => {
-                ApiError::unavailable("the user is being changed by other requests; try again", 1)
-            }
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
                 ApiError::unavailable("the service's database is unavailable; try again later", 5)

@@ -336,8 +336,9 @@ fn apply_attr(
                 None => None,
             };
             let Some(new) = new else {
-                // An empty value (null, "", []) unassigns on replace and is a no-op on add.
-                if kind == OpKind::Replace {
+                // An empty value (null, "", [], {}) unassigns a singular attribute (Entra
+                // ID clears the manager with `Add ""`); adding nothing to a list is a no-op.
+                if kind == OpKind::Replace || !def.multi_valued {
                     container.remove(name);
                 }
                 return Ok(());

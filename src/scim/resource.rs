@@ -261,7 +261,7 @@ fn normalize_single(def: &'static AttrDef, value: Value, path: &str) -> Result<O
                         None => Ok(None),
                     };
                 }
-                Value::String(s) if def.sub_attr("value").is_some() => {
+                Value::String(s) if !def.multi_valued && def.sub_attr("value").is_some() => {
                     if s.is_empty() {
                         return Ok(None);
                     }

@@ -95,9 +95,10 @@ pub fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &Filter) -> Result<(), Sc
             qb.push(")");
         }
         Filter::Not(a) => {
-            qb.push("(NOT ");
+            // NULL (an absent attribute) is "no match"; IS NOT TRUE keeps it so under NOT.
+            qb.push("((");
             push_filter(qb, a)?;
-            qb.push(")");
+            qb.push(") IS NOT TRUE)");
         }
         Filter::Present(path) => push_top(qb, path, None)?,
         Filter::Compare(path, op, v) => push_top(qb, path, Some((*op, v)))?,
@@ -200,6 +201,7 @@ fn push_top(
     if negate {
         qb.push("(NOT ");
     }
+    // EXISTS is never NULL, so a plain NOT is right here.
     push_exists(qb, attr, elem_attr, cmp)?;
     if negate {
         qb.push(")");
@@ -243,9 +245,9 @@ fn push_element(qb: &mut QueryBuilder<Postgres>, f: &Filter) -> Result<(), ScimE
             qb.push(")");
         }
         Filter::Not(a) => {
-            qb.push("(NOT ");
+            qb.push("((");
             push_element(qb, a)?;
-            qb.push(")");
+            qb.push(") IS NOT TRUE)");
         }
         Filter::Present(p) | Filter::Compare(p, ..) => {
             let Some(sub) = p.sub else {
@@ -282,8 +284,9 @@ fn like_escape(s: &str) -> String {
     out
 }
 
-/// A presence test or comparison on one scalar, always yielding true or false (never
-/// NULL), so that `not` and `ne` behave as two-valued logic.
+/// A presence test or comparison on one scalar. A comparison with an absent value is
+/// NULL, which WHERE treats as no match; `not` and `ne` use `IS NOT TRUE` so that it
+/// stays two-valued. Plain comparisons keep the indexes usable.
 fn push_scalar(
     qb: &mut QueryBuilder<Postgres>,
     source: &Source,
@@ -351,7 +354,7 @@ fn push_scalar(
         CompareOp::Co | CompareOp::Sw | CompareOp::Ew => "",
     };
     if op == CompareOp::Ne {
-        qb.push("(NOT ");
+        qb.push("((");
     }
     match (def.ty, value, kind) {
         (AttrType::Boolean, CompValue::Bool(b), _) => {
@@ -359,14 +362,14 @@ fn push_scalar(
                 Some(_) => text_expr.clone(),
                 None => format!("({text_expr})::boolean"),
             };
-            qb.push(format!("coalesce({expr} {op_sql} "));
+            qb.push(format!("({expr} {op_sql} "));
             qb.push_bind(*b);
-            qb.push(", false)");
+            qb.push(")");
         }
         (AttrType::Integer | AttrType::Decimal, CompValue::Num(n), _) => {
-            qb.push(format!("coalesce(({text_expr})::numeric {op_sql} "));
+            qb.push(format!("(({text_expr})::numeric {op_sql} "));
             qb.push_bind(n.to_string());
-            qb.push("::numeric, false)");
+            qb.push("::numeric)");
         }
         (AttrType::DateTime, CompValue::Str(s), _) => {
             let t = chrono::DateTime::parse_from_rfc3339(s)
@@ -376,9 +379,9 @@ fn push_scalar(
                 Some(ColumnKind::Time) => text_expr.clone(),
                 _ => format!("({text_expr})::timestamptz"),
             };
-            qb.push(format!("coalesce({expr} {op_sql} "));
+            qb.push(format!("({expr} {op_sql} "));
             qb.push_bind(t);
-            qb.push(", false)");
+            qb.push(")");
         }
         (_, CompValue::Str(s), _) => {
             push_text_cmp(
@@ -401,7 +404,7 @@ fn push_scalar(
         }
     }
     if op == CompareOp::Ne {
-        qb.push(")");
+        qb.push(") IS NOT TRUE)");
     }
     Ok(())
 }
@@ -429,9 +432,9 @@ fn push_text_cmp(
         CompareOp::Le => (" <= ", s.to_string()),
         CompareOp::Eq | CompareOp::Ne => (" = ", s.to_string()),
     };
-    qb.push(format!("coalesce({open}{expr}{close}{op_sql}{open}"));
+    qb.push(format!("({open}{expr}{close}{op_sql}{open}"));
     qb.push_bind(bound);
-    qb.push(format!("{close}, false)"));
+    qb.push(format!("{close})"));
 }
 
 /// The ORDER BY expression for `sortBy`.

@@ -77,8 +77,6 @@ pub enum StoreError {
     /// The change itself was refused (a PATCH that does not apply, say).
     #[error(transparent)]
     Rejected(#[from] ScimError),
-    #[error("the user kept changing under us; gave up after several tries")]
-    Contention,
     #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]

@@ -19,8 +19,8 @@ use crate::scim::resource::{StoredUser, UserInput};
 
 /// The unique index behind SCIM's `uniqueness` error for userName.
 const USER_NAME_KEY: &str = "users_tenant_user_name_key";
-/// How often an update is retried when another writer got there first.
-const MAX_UPDATE_TRIES: usize = 8;
+/// Optimistic update attempts before falling back to the row lock.
+const OPTIMISTIC_TRIES: usize = 3;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -40,6 +40,41 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> 
 }
 
 impl PgStore {
+    /// Store `change(current)` if `current` is still the latest version. `Ok(None)`:
+    /// someone else wrote first.
+    async fn try_update<'e, E>(
+        &self,
+        executor: E,
+        tenant: &str,
+        current: StoredUser,
+        if_match: Option<&IfMatch>,
+        change: &Change<'_>,
+    ) -> Result<Option<StoredUser>>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        if let Some(m) = if_match
+            && !m.matches(current.version)
+        {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let Some(next) = change(&current)? else {
+            return Ok(Some(current));
+        };
+        let row = sqlx::query(UPDATE_SQL)
+            .bind(tenant)
+            .bind(current.id)
+            .bind(&next.user_name)
+            .bind(&next.external_id)
+            .bind(next.active)
+            .bind(Value::Object(next.resource))
+            .bind(current.version)
+            .fetch_optional(executor)
+            .await
+            .map_err(map_unique)?;
+        row.as_ref().map(row_to_user).transpose()
+    }
+
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
@@ -94,6 +129,12 @@ const GET_SQL: &str = concat!(
     " FROM users u WHERE u.tenant_id = $1 AND u.id = $2 AND u.deleted_at IS NULL"
 );
 
+const GET_FOR_UPDATE_SQL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users u WHERE u.tenant_id = $1 AND u.id = $2 AND u.deleted_at IS NULL FOR UPDATE"
+);
+
 const UPDATE_SQL: &str = concat!(
     "WITH u AS (
         UPDATE users SET user_name = $3, external_id = $4, active = $5, resource = $6,
@@ -140,6 +181,65 @@ fn map_unique(e: sqlx::Error) -> StoreError {
     e.into()
 }
 
+/// `FROM ... WHERE` of a list: the tenant's live users matching the filter.
+fn push_from_where(qb: &mut QueryBuilder<Postgres>, tenant: &str, q: &ListQuery) -> Result<()> {
+    qb.push(" FROM users u WHERE u.tenant_id = ");
+    qb.push_bind(tenant.to_string());
+    qb.push(" AND u.deleted_at IS NULL");
+    if let Some(f) = &q.filter {
+        qb.push(" AND ");
+        push_filter(qb, f)?;
+    }
+    Ok(())
+}
+
+fn count_query(tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Postgres>> {
+    let mut qb = QueryBuilder::new("SELECT count(*)");
+    push_from_where(&mut qb, tenant, q)?;
+    Ok(qb)
+}
+
+/// One page of users in a stable order.
+fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Postgres>> {
+    let mut qb = QueryBuilder::new(prefix);
+    qb.push(concat!("SELECT ", user_columns!()));
+    push_from_where(&mut qb, tenant, q)?;
+    qb.push(" ORDER BY ");
+    if let Some(sort) = &q.sort_by {
+        qb.push(sort_expr(sort)?);
+        qb.push(if q.descending {
+            " DESC NULLS LAST, "
+        } else {
+            " ASC NULLS LAST, "
+        });
+    }
+    qb.push("u.created, u.id LIMIT ");
+    qb.push_bind(q.count as i64);
+    qb.push(" OFFSET ");
+    qb.push_bind(q.start_index.saturating_sub(1) as i64);
+    Ok(qb)
+}
+
+impl PgStore {
+    /// The plan Postgres chooses for a list query (`EXPLAIN`, optionally `ANALYZE`),
+    /// for checking index use in tests and benchmarks.
+    pub async fn explain_list(&self, tenant: &str, q: &ListQuery, analyze: bool) -> Result<String> {
+        let prefix = if analyze {
+            "EXPLAIN (ANALYZE, BUFFERS) "
+        } else {
+            "EXPLAIN "
+        };
+        let lines: Vec<String> = page_query(prefix, tenant, q)?
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(lines.join("\n"))
+    }
+}
+
 #[async_trait]
 impl UserStore for PgStore {
     async fn create(&self, tenant: &str, user: UserInput) -> Result<StoredUser> {
@@ -166,58 +266,24 @@ impl UserStore for PgStore {
     }
 
     async fn list(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
-        let mut qb = QueryBuilder::<Postgres>::new("");
-        let where_clause = |qb: &mut QueryBuilder<Postgres>| -> Result<()> {
-            qb.push(" FROM users u WHERE u.tenant_id = ");
-            qb.push_bind(tenant.to_string());
-            qb.push(" AND u.deleted_at IS NULL");
-            if let Some(f) = &q.filter {
-                qb.push(" AND ");
-                push_filter(qb, f)?;
-            }
-            Ok(())
-        };
+        let mut count = count_query(tenant, q)?;
+        let count = count.build_query_scalar::<i64>().fetch_one(&self.pool);
         if q.count == 0 {
-            qb.push("SELECT count(*)");
-            where_clause(&mut qb)?;
-            let total: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
             return Ok(Page {
-                total: total as u64,
+                total: count.await? as u64,
                 users: vec![],
             });
         }
-        qb.push(concat!(
-            "SELECT ",
-            user_columns!(),
-            ", count(*) OVER () AS total"
-        ));
-        where_clause(&mut qb)?;
-        qb.push(" ORDER BY ");
-        if let Some(sort) = &q.sort_by {
-            qb.push(sort_expr(sort)?);
-            qb.push(if q.descending {
-                " DESC NULLS LAST, "
-            } else {
-                " ASC NULLS LAST, "
-            });
-        }
-        qb.push("u.created, u.id LIMIT ");
-        qb.push_bind(q.count as i64);
-        qb.push(" OFFSET ");
-        qb.push_bind(q.start_index.saturating_sub(1) as i64);
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        let total = match rows.first() {
-            Some(r) => r.try_get::<i64, _>("total")? as u64,
-            // A page past the end carries no count: ask for it alone.
-            None if q.start_index > 1 => {
-                let mut qb = QueryBuilder::<Postgres>::new("SELECT count(*)");
-                where_clause(&mut qb)?;
-                qb.build_query_scalar::<i64>().fetch_one(&self.pool).await? as u64
-            }
-            None => 0,
-        };
+        // The page and the total on two connections at once: the page stops early
+        // along an index, the count is an index-only scan where the filter allows.
+        let mut page = page_query("", tenant, q)?;
+        let page = page.build().fetch_all(&self.pool);
+        let (rows, total) = tokio::try_join!(page, count)?;
         let users = rows.iter().map(row_to_user).collect::<Result<Vec<_>>>()?;
-        Ok(Page { total, users })
+        Ok(Page {
+            total: total as u64,
+            users,
+        })
     }
 
     async fn update(
@@ -227,33 +293,36 @@ impl UserStore for PgStore {
         if_match: Option<&IfMatch>,
         change: &Change<'_>,
     ) -> Result<StoredUser> {
-        for _ in 0..MAX_UPDATE_TRIES {
+        // Optimistic first: no lock is held while `change` runs.
+        for _ in 0..OPTIMISTIC_TRIES {
             let current = self.get(tenant, id).await?.ok_or(StoreError::NotFound)?;
-            if let Some(m) = if_match
-                && !m.matches(current.version)
+            match self
+                .try_update(&self.pool, tenant, current, if_match, change)
+                .await?
             {
-                return Err(StoreError::PreconditionFailed);
+                Some(user) => return Ok(user),
+                None => continue, // another writer got there first: read again
             }
-            let Some(next) = change(&current)? else {
-                return Ok(current);
-            };
-            let row = sqlx::query(UPDATE_SQL)
-                .bind(tenant)
-                .bind(id)
-                .bind(&next.user_name)
-                .bind(&next.external_id)
-                .bind(next.active)
-                .bind(Value::Object(next.resource))
-                .bind(current.version)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map_unique)?;
-            if let Some(row) = row {
-                return row_to_user(&row);
-            }
-            // Someone else wrote first: read again and re-apply the change.
         }
-        Err(StoreError::Contention)
+        // Heavy contention on one user: take its row lock so this writer cannot lose
+        // again. `change` is pure computation, so the lock is held only briefly.
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(GET_FOR_UPDATE_SQL)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let current = row
+            .as_ref()
+            .map(row_to_user)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
+        let user = self
+            .try_update(&mut *tx, tenant, current, if_match, change)
+            .await?
+            .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn delete(&self, tenant: &str, id: Uuid, if_match: Option<&IfMatch>) -> Result<()> {

@@ -1,0 +1,100 @@
+//! The IdP lookups use indexes: checked on the plans Postgres really chooses for the
+//! queries the store runs, over enough rows that a sequential scan would lose.
+
+mod common;
+
+use ameyo_scim::scim::filter;
+use ameyo_scim::store::{ListQuery, PgStore};
+use sqlx::PgPool;
+
+const USERS: i64 = 20_000;
+
+async fn seed(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, user_name, external_id, active, resource, version, created, last_modified)
+         SELECT gen_random_uuid(), CASE WHEN i % 2 = 0 THEN 'a' ELSE 'b' END,
+                'user' || i || '@example.com', 'ext-' || i, true,
+                jsonb_build_object(
+                    'userName', 'user' || i || '@example.com',
+                    'externalId', 'ext-' || i,
+                    'emails', jsonb_build_array(
+                        jsonb_build_object('value', 'user' || i || '@example.com', 'type', 'work', 'primary', true),
+                        jsonb_build_object('value', 'home' || i || '@example.net', 'type', 'home'))),
+                1, now() - make_interval(secs => i), now()
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(USERS)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE users").execute(pool).await.unwrap();
+}
+
+fn query(f: &str) -> ListQuery {
+    ListQuery {
+        filter: Some(filter::parse(f).unwrap()),
+        sort_by: None,
+        descending: false,
+        start_index: 1,
+        count: 100,
+    }
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn idp_lookups_use_their_indexes(pool: PgPool) {
+    seed(&pool).await;
+    let store = PgStore::new(pool.clone());
+    let some_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM users WHERE tenant_id = 'a' LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let cases = [
+        (
+            r#"userName eq "USER42@example.com""#.to_string(),
+            "users_tenant_user_name_key",
+        ),
+        (
+            r#"userName sw "user4242""#.to_string(),
+            "users_tenant_user_name_key",
+        ),
+        (
+            r#"externalId eq "ext-42""#.to_string(),
+            "users_tenant_external_id",
+        ),
+        (format!(r#"id eq "{some_id}""#), "users_pkey"),
+        (
+            r#"emails.value eq "home42@example.net""#.to_string(),
+            "users_emails",
+        ),
+        (
+            r#"emails[type eq "work"].value eq "user42@example.com""#.to_string(),
+            "users_emails",
+        ),
+        (
+            r#"emails[type eq "work" and value eq "user42@example.com"]"#.to_string(),
+            "users_emails",
+        ),
+    ];
+    for (f, index) in cases {
+        let plan = store.explain_list("a", &query(&f), false).await.unwrap();
+        assert!(
+            plan.contains(index),
+            "{f}: expected {index} in plan:\n{plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{f}: sequential scan in plan:\n{plan}"
+        );
+    }
+    // And the answers are right.
+    let analyzed = store
+        .explain_list(
+            "a",
+            &query(r#"emails[type eq "work"].value eq "user42@example.com""#),
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(analyzed.contains("rows=1 "), "one row found:\n{analyzed}");
+}
