@@ -75,6 +75,10 @@ pub struct DatabaseSettings {
     /// Seconds to wait for a free connection before a request fails with 503.
     #[serde(default = "default_acquire_timeout")]
     pub acquire_timeout_secs: u64,
+    /// Create the database at start-up if it does not exist (handy for trying it out;
+    /// production databases are usually created by their owners).
+    #[serde(default)]
+    pub create_if_missing: bool,
 }
 
 fn default_max_connections() -> u32 {

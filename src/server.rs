@@ -16,6 +16,20 @@ use secrecy::ExposeSecret;
 
 /// Connect to the database and apply pending migrations.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<PgStore> {
+    if settings.database.create_if_missing {
+        use sqlx::migrate::MigrateDatabase;
+        let url = settings.database.url.expose_secret();
+        let shown = redacted_url(url);
+        if !sqlx::Postgres::database_exists(url)
+            .await
+            .with_context(|| format!("cannot reach {shown}"))?
+        {
+            sqlx::Postgres::create_database(url)
+                .await
+                .with_context(|| format!("cannot create {shown}"))?;
+            tracing::info!(database = %shown, "created the database");
+        }
+    }
     let pool = connect_lazy(&settings.database).context("invalid database.url")?;
     let store = PgStore::new(pool);
     store.migrate().await.with_context(|| {

@@ -6,11 +6,10 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Install the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(settings: &LogSettings) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(&settings.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| settings.level.clone());
+    // Postgres notices ("relation already exists, skipping") are noise at info.
+    let filter = EnvFilter::try_new(format!("sqlx::postgres::notice=warn,{level}"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
