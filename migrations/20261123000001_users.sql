@@ -1,4 +1,4 @@
--- SCIM users and their outbox rows (see docs/architecture.md).
+-- SCIM users, their outbox rows and the delivery attempt log (docs/delivery.md).
 
 -- Lower-cased e-mail values of a SCIM resource, for the GIN index that serves
 -- `emails.value eq "..."` and `emails[type eq "work"].value eq "..."` lookups.
@@ -50,13 +50,42 @@ CREATE TABLE sync_state (
                      CHECK (state IN ('pending', 'leased', 'done', 'dead')),
     attempts         integer     NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
-    lease_until      timestamptz,
+    -- The claim: who holds it, until when, and the token that fences its completion.
     lease_owner      text,
+    lease_until      timestamptz,
+    lease_token      uuid,
     last_error       text,
+    -- A password waiting for delivery: AES-256-GCM, erased once Ameyo has it.
+    pending_password bytea,
+    password_version bigint,
+    -- The Ameyo side: the link, whether a create was ever sent (so an unknown outcome
+    -- is looked up before any second create), whether the user is locked, and the
+    -- fields last pushed (no password).
     ameyo_user_id    text,
     cc_user_id       bigint,
+    create_attempted boolean     NOT NULL DEFAULT false,
+    ameyo_locked     boolean     NOT NULL DEFAULT false,
+    last_pushed      jsonb,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE INDEX sync_state_due ON sync_state (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX sync_state_lease ON sync_state (lease_until) WHERE state = 'leased';
 CREATE INDEX sync_state_tenant_state ON sync_state (tenant_id, state);
+
+-- Every Ameyo call the worker made, for operators. Pruned after sync.attempt_retention_days.
+CREATE TABLE sync_attempts (
+    id          bigserial   PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    tenant_id   text        NOT NULL,
+    user_id     uuid        NOT NULL,
+    version     bigint      NOT NULL,
+    call        text        NOT NULL,
+    outcome     text        NOT NULL,
+    http_status integer,
+    duration_ms integer     NOT NULL,
+    error       text
+);
+
+CREATE INDEX sync_attempts_user ON sync_attempts (user_id, at);
+CREATE INDEX sync_attempts_at ON sync_attempts (at);

@@ -38,12 +38,17 @@ listen = "127.0.0.1:$PORT"
 url = "$DB_URL"
 [log]
 level = "warn"
+[sync]
+enabled = false
+password_key = "$(head -c 32 /dev/urandom | base64)"
 [[tenants]]
 id = "compliance"
 token_sha256 = ["$DIGEST"]
 [tenants.ameyo]
 base_url = "http://127.0.0.1:9"
 contact_center_id = 1
+login_user = "admin"
+login_password = "unused"
 TOML
 
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/serve.log" 2>&1 &

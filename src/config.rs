@@ -22,6 +22,8 @@ pub struct Settings {
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
+    pub sync: SyncSettings,
+    #[serde(default)]
     pub tenants: Vec<TenantSettings>,
 }
 
@@ -195,7 +197,7 @@ fn default_leeway() -> u64 {
     30
 }
 
-/// The tenant's Ameyo server.
+/// The tenant's Ameyo server, how to log in, and how SCIM users become Ameyo users.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmeyoSettings {
@@ -203,6 +205,249 @@ pub struct AmeyoSettings {
     pub base_url: String,
     /// The contact center new users are created in, unless the user says otherwise.
     pub contact_center_id: i64,
+    /// The admin user the bridge logs in as (with `login_password`).
+    #[serde(default)]
+    pub login_user: Option<String>,
+    #[serde(default, serialize_with = "redact_opt")]
+    pub login_password: Option<SecretString>,
+    /// Optional `domain` sent with `userLogin/login`.
+    #[serde(default)]
+    pub login_domain: Option<String>,
+    /// Which documented login call to use.
+    #[serde(default)]
+    pub login_call: LoginCall,
+    /// A fixed session id instead of logging in (for servers where that is the only way).
+    #[serde(default, serialize_with = "redact_opt")]
+    pub session_id: Option<SecretString>,
+    /// Whether `PUT cc/contactCenterUsers/<id>` takes the userId or the numeric ccUserId.
+    #[serde(default)]
+    pub update_path_id: UpdatePathId,
+    /// PEM file with extra CA certificates to trust (TLS verification stays on).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "default_ameyo_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// At most this many calls in flight to this Ameyo server from one process.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+    #[serde(default)]
+    pub mapping: MappingSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginCall {
+    /// `POST userLogin/login`, as real clients use.
+    #[default]
+    UserLogin,
+    /// `POST session/userLogin`, as the official page documents.
+    SessionUserLogin,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePathId {
+    #[default]
+    UserId,
+    CcUserId,
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_ameyo_request_timeout() -> u64 {
+    20
+}
+fn default_max_concurrent_calls() -> usize {
+    8
+}
+
+/// How a SCIM user becomes an Ameyo user.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSettings {
+    /// The SCIM attribute Ameyo's `userId` comes from: `userName`, `externalId`,
+    /// `emails` (the primary work e-mail), or any attribute path. Fixed once created.
+    #[serde(default = "default_user_id_attribute")]
+    pub user_id_attribute: String,
+    /// Applied in order: `lowercase`, `email_local_part`.
+    #[serde(default)]
+    pub user_id_transforms: Vec<UserIdTransform>,
+    /// Longest userId Ameyo gets; longer ones are refused (dead-lettered), not cut.
+    #[serde(default = "default_user_id_max_length")]
+    pub user_id_max_length: usize,
+    /// The SCIM attribute for Ameyo's `description` (none by default).
+    #[serde(default)]
+    pub description_attribute: Option<String>,
+    /// Defaults when neither the user's Ameyo extension nor a rule says otherwise.
+    #[serde(default = "default_user_type")]
+    pub default_user_type: String,
+    #[serde(default)]
+    pub default_login_policy: Option<String>,
+    #[serde(default)]
+    pub default_max_allowed_logins: Option<i64>,
+    #[serde(default)]
+    pub default_ready: bool,
+    /// Ordered rules; the first that matches supplies what the user does not say.
+    #[serde(default)]
+    pub rules: Vec<MappingRule>,
+    /// What SCIM `active: false` does in Ameyo.
+    #[serde(default)]
+    pub on_deactivate: OnDeactivate,
+    /// What SCIM DELETE does in Ameyo.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+impl Default for MappingSettings {
+    fn default() -> Self {
+        Self {
+            user_id_attribute: default_user_id_attribute(),
+            user_id_transforms: vec![],
+            user_id_max_length: default_user_id_max_length(),
+            description_attribute: None,
+            default_user_type: default_user_type(),
+            default_login_policy: None,
+            default_max_allowed_logins: None,
+            default_ready: false,
+            rules: vec![],
+            on_deactivate: OnDeactivate::default(),
+            on_delete: OnDelete::default(),
+        }
+    }
+}
+
+fn default_user_id_attribute() -> String {
+    "userName".into()
+}
+fn default_user_id_max_length() -> usize {
+    64
+}
+fn default_user_type() -> String {
+    "Agent".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserIdTransform {
+    Lowercase,
+    EmailLocalPart,
+}
+
+/// `when` an attribute matches a regular expression, `then` these Ameyo fields.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingRule {
+    /// A SCIM attribute path: `title`, `userType`, `urn:...:enterprise:2.0:User:department`.
+    pub attribute: String,
+    /// A regular expression, matched against the attribute's value (`(?i)` for any case).
+    pub matches: String,
+    #[serde(default)]
+    pub user_type: Option<String>,
+    #[serde(default)]
+    pub login_policy: Option<String>,
+    #[serde(default)]
+    pub max_allowed_logins: Option<i64>,
+    #[serde(default)]
+    pub default_ready: Option<bool>,
+    #[serde(default)]
+    pub contact_center_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeactivate {
+    /// End the user's sessions, rotate the password to an undisclosed one, clear
+    /// `mappingUserId`; reactivation restores the mapping.
+    #[default]
+    Lock,
+    /// Delete the Ameyo user; reactivation creates it again.
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDelete {
+    #[default]
+    Delete,
+    Lock,
+}
+
+/// The outbox worker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Run the delivery workers inside `serve`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Deliveries in flight at once in this process.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Seconds between polls when no notification arrives.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    /// Seconds a claimed user stays leased; a delivery is cut off before its lease ends.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// First retry delay in milliseconds; doubled each attempt, with full jitter.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Longest retry delay in seconds.
+    #[serde(default = "default_retry_cap")]
+    pub retry_cap_secs: u64,
+    /// Attempts before a user is dead-lettered (0: retry transient errors forever).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Days the attempt log is kept.
+    #[serde(default = "default_attempt_retention")]
+    pub attempt_retention_days: u32,
+    /// 32 bytes, base64: encrypts passwords waiting for delivery (AES-256-GCM).
+    /// Make one with `openssl rand -base64 32`.
+    #[serde(default, serialize_with = "redact_opt")]
+    pub password_key: Option<SecretString>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_poll_interval() -> u64 {
+    5
+}
+fn default_lease() -> u64 {
+    120
+}
+fn default_retry_base_ms() -> u64 {
+    1000
+}
+fn default_retry_cap() -> u64 {
+    900
+}
+fn default_max_attempts() -> u32 {
+    25
+}
+fn default_attempt_retention() -> u32 {
+    14
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: default_concurrency(),
+            poll_interval_secs: default_poll_interval(),
+            lease_secs: default_lease(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_cap_secs: default_retry_cap(),
+            max_attempts: default_max_attempts(),
+            attempt_retention_days: default_attempt_retention(),
+            password_key: None,
+        }
+    }
 }
 
 fn redact_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -309,6 +554,20 @@ impl Settings {
                 "must be between 1 KiB and 64 MiB",
             ));
         }
+        self.password_key()?;
+        let sync = &self.sync;
+        if !(1..=256).contains(&sync.concurrency) {
+            return Err(invalid("sync.concurrency", "must be between 1 and 256"));
+        }
+        if sync.poll_interval_secs == 0 || sync.retry_base_ms == 0 || sync.retry_cap_secs == 0 {
+            return Err(invalid(
+                "sync",
+                "poll_interval_secs, retry_base_ms and retry_cap_secs must be positive",
+            ));
+        }
+        if sync.lease_secs < 10 {
+            return Err(invalid("sync.lease_secs", "must be at least 10"));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         if self.tenants.is_empty() {
@@ -376,14 +635,64 @@ impl Settings {
                     "must be a positive integer",
                 ));
             }
+            validate_ameyo(&t.ameyo, &|k| key(&format!("ameyo.{k}")))?;
         }
         Ok(())
+    }
+
+    /// The key that encrypts pending passwords.
+    pub fn password_key(&self) -> Result<[u8; 32], ConfigError> {
+        use base64::Engine;
+        let Some(k) = &self.sync.password_key else {
+            return Err(invalid(
+                "sync.password_key",
+                "required: 32 random bytes in base64 (openssl rand -base64 32)",
+            ));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(k.expose_secret().trim())
+            .map_err(|_| invalid("sync.password_key", "must be base64"))?;
+        bytes
+            .try_into()
+            .map_err(|_| invalid("sync.password_key", "must decode to exactly 32 bytes"))
     }
 
     /// The effective settings as TOML, secrets redacted.
     pub fn redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+fn validate_ameyo(a: &AmeyoSettings, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    match (&a.login_user, &a.login_password, &a.session_id) {
+        (Some(u), Some(_), None) if !u.trim().is_empty() => {}
+        (None, None, Some(s)) if !s.expose_secret().trim().is_empty() => {}
+        _ => {
+            return Err(invalid(
+                key("login_user"),
+                "set login_user and login_password, or session_id (not both)",
+            ));
+        }
+    }
+    if a.connect_timeout_secs == 0 || a.request_timeout_secs == 0 {
+        return Err(invalid(
+            key("request_timeout_secs"),
+            "timeouts must be positive",
+        ));
+    }
+    if !(1..=256).contains(&a.max_concurrent_calls) {
+        return Err(invalid(
+            key("max_concurrent_calls"),
+            "must be between 1 and 256",
+        ));
+    }
+    if let Some(ca) = &a.ca_file {
+        std::fs::read(ca).map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
+    }
+    let m = &a.mapping;
+    crate::ameyo::mapping::Mapper::new(m, a.contact_center_id)
+        .map_err(|e| invalid(key("mapping"), e))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -395,6 +704,8 @@ mod tests {
     fn base(extra: &str) -> String {
         format!(
             r#"
+[sync]
+password_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 [database]
 url = "postgres://scim:hunter2@localhost/ameyo_scim"
 {extra}
@@ -411,6 +722,8 @@ token_sha256 = ["{digest}"]
 [tenants.ameyo]
 base_url = "https://cc.example.com:8443"
 contact_center_id = 1
+login_user = "admin"
+login_password = "ameyo-admin-password"
 "#
         )
     }
@@ -422,6 +735,8 @@ contact_center_id = 1
         assert_eq!(s.scim.max_page_size, 1000);
         let out = s.redacted_toml();
         assert!(!out.contains("hunter2"), "{out}");
+        assert!(!out.contains("ameyo-admin-password"), "{out}");
+        assert!(!out.contains("MDEyMzQ1Njc4"), "{out}");
         assert!(out.contains("REDACTED"), "{out}");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
@@ -463,6 +778,29 @@ contact_center_id = 1
             (
                 base(&(tenant("acme", DIGEST) + "\n[log]\nlevel = \"[[[\"")),
                 "log.level",
+            ),
+            (
+                base(&tenant("acme", DIGEST)).replace("login_user = \"admin\"\n", ""),
+                "login_user",
+            ),
+            (
+                base(&tenant("acme", DIGEST))
+                    .replace("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "c2hvcnQ="),
+                "password_key",
+            ),
+            (
+                base(
+                    &(tenant("acme", DIGEST)
+                        + "[tenants.ameyo.mapping]\nuser_id_attribute = \"nosuch\"\n"),
+                ),
+                "user_id_attribute",
+            ),
+            (
+                base(
+                    &(tenant("acme", DIGEST)
+                        + "[[tenants.ameyo.mapping.rules]]\nattribute = \"title\"\nmatches = \"(\"\nuser_type = \"Supervisor\"\n"),
+                ),
+                "rules",
             ),
         ];
         for (text, want) in cases {

@@ -11,4 +11,5 @@ pub mod http;
 pub mod scim;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

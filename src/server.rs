@@ -12,7 +12,9 @@ use crate::config::{Settings, redacted_url};
 use crate::http::{AppState, router};
 use crate::store::PgStore;
 use crate::store::postgres::connect_lazy;
+use crate::sync::Worker;
 use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
 
 /// Connect to the database and apply pending migrations.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<PgStore> {
@@ -31,7 +33,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<PgStore> {
         }
     }
     let pool = connect_lazy(&settings.database).context("invalid database.url")?;
-    let store = PgStore::new(pool);
+    let cipher = crate::store::password::PasswordCipher::new(&settings.password_key()?);
+    let store = PgStore::new(pool, cipher);
     store.migrate().await.with_context(|| {
         format!(
             "cannot apply migrations to {}",
@@ -49,6 +52,15 @@ pub async fn serve_with_listener(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = migrate(&settings).await?;
+    let worker = if settings.sync.enabled {
+        Some(Arc::new(
+            Worker::new(&settings, store.pool().clone(), store.cipher().clone())
+                .map_err(anyhow::Error::msg)?,
+        ))
+    } else {
+        tracing::warn!("sync.enabled is false: changes are stored but not delivered to Ameyo");
+        None
+    };
     let state = AppState::new(&settings, Arc::new(store)).map_err(anyhow::Error::msg)?;
     let app = router(
         state,
@@ -58,23 +70,31 @@ pub async fn serve_with_listener(
     tracing::info!(%addr, "serving SCIM at /scim/v2");
 
     let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let worker_task = worker.map(|w| tokio::spawn(w.run(stop.clone(), grace)));
+    let stopping = stop.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
-        tracing::info!("shutting down: no new connections; finishing in-flight requests");
-        let _ = stop_tx.send(true);
+        tracing::info!(
+            "shutting down: no new connections; finishing in-flight requests and deliveries"
+        );
+        stopping.cancel();
     });
-    let mut stop_rx2 = stop_rx.clone();
+    let cut_off = stop.clone();
     tokio::select! {
         r = server => r.context("server failed")?,
         _ = async move {
-            let _ = stop_rx2.wait_for(|s| *s).await;
+            cut_off.cancelled().await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; exiting with requests still open");
         }
     }
-    drop(stop_rx);
+    stop.cancel();
+    if let Some(task) = worker_task {
+        // The worker bounds its own drain by the same grace period.
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

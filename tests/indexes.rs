@@ -43,7 +43,10 @@ fn query(f: &str) -> ListQuery {
 #[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
 async fn idp_lookups_use_their_indexes(pool: PgPool) {
     seed(&pool).await;
-    let store = PgStore::new(pool.clone());
+    let store = PgStore::new(
+        pool.clone(),
+        ameyo_scim::store::password::PasswordCipher::new(&[0u8; 32]),
+    );
     let some_id: uuid::Uuid =
         sqlx::query_scalar("SELECT id FROM users WHERE tenant_id = 'a' LIMIT 1")
             .fetch_one(&pool)

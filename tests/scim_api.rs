@@ -68,14 +68,65 @@ async fn create_answers_201_with_location_etag_and_meta(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn the_password_is_not_stored(pool: PgPool) {
-    let app = app(pool).await;
-    app.create_user(full_user("pw@example.com")).await;
+async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let id = app.create_user(full_user("pw@example.com")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let snap = app.snapshot().await.to_string();
     assert!(
         !snap.contains("Sup3r-S3cret"),
         "password reached the database: {snap}"
     );
+    let id = uuid::Uuid::parse_str(&id).unwrap();
+    let (sealed, version): (Vec<u8>, i64) = sqlx::query_as(
+        "SELECT pending_password, password_version FROM sync_state WHERE user_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(version, 1);
+    let key = settings().password_key().unwrap();
+    let cipher = ameyo_scim::store::password::PasswordCipher::new(&key);
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        cipher.open(id, &sealed).unwrap().expose_secret(),
+        "Sup3r-S3cret-Passw0rd!"
+    );
+    // A password change is a write of its own, even when nothing else changes.
+    let r = app
+        .patch(
+            &format!("/scim/v2/Users/{id}"),
+            json!({"Operations": [{"op": "replace", "value": {"password": "N3w-Passw0rd!"}}]}),
+        )
+        .await;
+    assert_eq!(r.header("etag"), Some("W/\"2\""));
+    let (sealed, version): (Vec<u8>, i64) = sqlx::query_as(
+        "SELECT pending_password, password_version FROM sync_state WHERE user_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(
+        cipher.open(id, &sealed).unwrap().expose_secret(),
+        "N3w-Passw0rd!"
+    );
+    // Deleting the user erases a password that was never delivered.
+    assert_eq!(
+        app.delete(&format!("/scim/v2/Users/{id}")).await.status,
+        204
+    );
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pending_password FROM sync_state WHERE user_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(sealed.is_none());
 }
 
 #[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
@@ -1084,4 +1135,29 @@ async fn discovery_documents(pool: PgPool) {
     app.get("/scim/v2/ResourceTypes/Group")
         .await
         .assert_error(404, None);
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_request_past_its_deadline_gets_a_scim_503(pool: PgPool) {
+    let settings = settings();
+    let key = settings.password_key().unwrap();
+    let store = ameyo_scim::store::PgStore::new(
+        pool.clone(),
+        ameyo_scim::store::password::PasswordCipher::new(&key),
+    );
+    let state = ameyo_scim::http::AppState::new(&settings, std::sync::Arc::new(store)).unwrap();
+    let app = TestApp {
+        router: ameyo_scim::http::router(state, std::time::Duration::from_millis(1)),
+        pool,
+    };
+    // Hold a lock on the users table so the request cannot finish in time.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let r = app.get("/scim/v2/Users").await;
+    r.assert_error(503, None);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    tx.rollback().await.unwrap();
 }

@@ -13,6 +13,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::filter_sql::{push_filter, sort_expr};
+use super::password::PasswordCipher;
 use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
 use crate::config::DatabaseSettings;
 use crate::scim::resource::{StoredUser, UserInput};
@@ -27,6 +28,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    cipher: PasswordCipher,
 }
 
 /// A pool for the configured database. It connects lazily, so the service starts (and
@@ -61,6 +63,10 @@ impl PgStore {
         let Some(next) = change(&current)? else {
             return Ok(Some(current));
         };
+        let sealed = next
+            .password
+            .as_ref()
+            .map(|p| self.cipher.seal(current.id, p));
         let row = sqlx::query(UPDATE_SQL)
             .bind(tenant)
             .bind(current.id)
@@ -69,14 +75,19 @@ impl PgStore {
             .bind(next.active)
             .bind(Value::Object(next.resource))
             .bind(current.version)
+            .bind(sealed)
             .fetch_optional(executor)
             .await
             .map_err(map_unique)?;
         row.as_ref().map(row_to_user).transpose()
     }
 
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, cipher: PasswordCipher) -> Self {
+        Self { pool, cipher }
+    }
+
+    pub fn cipher(&self) -> &PasswordCipher {
+        &self.cipher
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -100,15 +111,27 @@ macro_rules! user_columns {
 /// Marks a user's outbox row pending at `u.version`, inside the same statement.
 /// A row that a worker holds stays leased: the worker sees the newer desired version
 /// when it completes and goes round again.
+/// `$password` is the SQL for the new pending password (sealed), `$password_version`
+/// the version it belongs to. Committing also notifies the workers.
 macro_rules! mark_pending {
-    () => {
-        "s AS (
+    ($password:literal, $password_version:literal) => {
+        concat!(
+            "s AS (
     UPDATE sync_state SET desired_version = u.version,
         state = CASE WHEN sync_state.state = 'leased' THEN 'leased' ELSE 'pending' END,
-        attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now()
+        attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now(),
+        pending_password = ",
+            $password,
+            ", password_version = ",
+            $password_version,
+            "
     FROM u WHERE sync_state.user_id = u.id)"
+        )
     };
 }
+
+/// The channel workers `LISTEN` on; a commit that makes work due notifies it.
+pub const SYNC_CHANNEL: &str = "ameyo_scim_sync";
 
 const CREATE_SQL: &str = concat!(
     "WITH u AS (
@@ -116,11 +139,13 @@ const CREATE_SQL: &str = concat!(
                            version, created, last_modified)
         VALUES ($1, $2, $3, $4, $5, $6, 1, now(), now())
         RETURNING *),
-     s AS (INSERT INTO sync_state (user_id, tenant_id, desired_version)
-           SELECT id, tenant_id, version FROM u)
+     s AS (INSERT INTO sync_state (user_id, tenant_id, desired_version,
+                               pending_password, password_version)
+           SELECT id, tenant_id, version, $7::bytea,
+                  CASE WHEN $7::bytea IS NULL THEN NULL ELSE version END FROM u)
      SELECT ",
     user_columns!(),
-    " FROM u"
+    ", pg_notify('ameyo_scim_sync', u.tenant_id) FROM u"
 );
 
 const GET_SQL: &str = concat!(
@@ -141,10 +166,13 @@ const UPDATE_SQL: &str = concat!(
             version = version + 1, last_modified = now()
         WHERE tenant_id = $1 AND id = $2 AND version = $7 AND deleted_at IS NULL
         RETURNING *), ",
-    mark_pending!(),
+    mark_pending!(
+        "coalesce($8::bytea, sync_state.pending_password)",
+        "CASE WHEN $8::bytea IS NULL THEN sync_state.password_version ELSE u.version END"
+    ),
     " SELECT ",
     user_columns!(),
-    " FROM u"
+    ", pg_notify('ameyo_scim_sync', u.tenant_id) FROM u"
 );
 
 const DELETE_SQL: &str = concat!(
@@ -153,8 +181,9 @@ const DELETE_SQL: &str = concat!(
         WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
           AND ($3::bigint[] IS NULL OR version = ANY($3))
         RETURNING *), ",
-    mark_pending!(),
-    " SELECT count(*) FROM u"
+    // A deleted user's password is never delivered: erase it now.
+    mark_pending!("NULL", "NULL"),
+    " SELECT count(*) FROM (SELECT pg_notify('ameyo_scim_sync', u.tenant_id) FROM u) AS n"
 );
 
 fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<StoredUser> {
@@ -243,13 +272,16 @@ impl PgStore {
 #[async_trait]
 impl UserStore for PgStore {
     async fn create(&self, tenant: &str, user: UserInput) -> Result<StoredUser> {
+        let id = Uuid::new_v4();
+        let sealed = user.password.as_ref().map(|p| self.cipher.seal(id, p));
         let row = sqlx::query(CREATE_SQL)
-            .bind(Uuid::new_v4())
+            .bind(id)
             .bind(tenant)
             .bind(&user.user_name)
             .bind(&user.external_id)
             .bind(user.active)
             .bind(Value::Object(user.resource))
+            .bind(sealed)
             .fetch_one(&self.pool)
             .await
             .map_err(map_unique)?;

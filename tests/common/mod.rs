@@ -9,6 +9,7 @@ use ameyo_scim::config::Settings;
 use ameyo_scim::http::auth::token_digest;
 use ameyo_scim::http::{AppState, router};
 use ameyo_scim::store::PgStore;
+use ameyo_scim::store::password::PasswordCipher;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
@@ -31,8 +32,17 @@ pub const AMEYO: &str = "urn:ietf:params:scim:schemas:extension:ameyo:2.0:User";
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 
+pub const PASSWORD_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub const AMEYO_ADMIN_PASSWORD: &str = "ameyo-admin-Pa55word";
+
 /// Settings with three tenants: `a` (two tokens), `b` (one token), `c` (JWT only).
+/// Their Ameyo is unreachable; see [`settings_for`] to point them at an emulator.
 pub fn settings() -> Settings {
+    settings_for("http://127.0.0.1:9")
+}
+
+/// The same tenants, with their Ameyo at `ameyo_url`.
+pub fn settings_for(ameyo_url: &str) -> Settings {
     let text = format!(
         r#"
 [server]
@@ -41,19 +51,26 @@ public_url = "https://scim.example.test"
 [database]
 url = "postgres://unused@127.0.0.1/unused"
 
+[sync]
+password_key = "{PASSWORD_KEY}"
+
 [[tenants]]
 id = "a"
 token_sha256 = ["{a}", "{a2}"]
 [tenants.ameyo]
-base_url = "http://127.0.0.1:9"
+base_url = "{ameyo_url}"
 contact_center_id = 1
+login_user = "admin"
+login_password = "{AMEYO_ADMIN_PASSWORD}"
 
 [[tenants]]
 id = "b"
 token_sha256 = ["{b}"]
 [tenants.ameyo]
-base_url = "http://127.0.0.1:9"
+base_url = "{ameyo_url}"
 contact_center_id = 2
+login_user = "admin"
+login_password = "{AMEYO_ADMIN_PASSWORD}"
 
 [[tenants]]
 id = "c"
@@ -63,8 +80,10 @@ audience = "{JWT_AUDIENCE_C}"
 algorithms = ["HS256"]
 hs_secret = "{JWT_SECRET_C}"
 [tenants.ameyo]
-base_url = "http://127.0.0.1:9"
+base_url = "{ameyo_url}"
 contact_center_id = 3
+login_user = "admin"
+login_password = "{AMEYO_ADMIN_PASSWORD}"
 "#,
         a = token_digest(TOKEN_A),
         a2 = token_digest(TOKEN_A2),
@@ -126,7 +145,8 @@ pub async fn app(pool: PgPool) -> TestApp {
 }
 
 pub async fn app_with(pool: PgPool, settings: Settings) -> TestApp {
-    let store = PgStore::new(pool.clone());
+    let key = settings.password_key().expect("key");
+    let store = PgStore::new(pool.clone(), PasswordCipher::new(&key));
     let state = AppState::new(&settings, Arc::new(store)).expect("state");
     TestApp {
         router: router(state, Duration::from_secs(30)),
