@@ -80,6 +80,8 @@ CREATE TABLE sync_attempts (
     tenant_id   text        NOT NULL,
     user_id     uuid        NOT NULL,
     version     bigint      NOT NULL,
+    -- The worker (host-pid-nonce) that made the call.
+    worker      text        NOT NULL,
     call        text        NOT NULL,
     outcome     text        NOT NULL,
     http_status integer,
@@ -89,3 +91,15 @@ CREATE TABLE sync_attempts (
 
 CREATE INDEX sync_attempts_user ON sync_attempts (user_id, at);
 CREATE INDEX sync_attempts_at ON sync_attempts (at);
+
+-- The Ameyo session each tenant's workers share, across processes: logging in with
+-- forceLogin ends the admin user's other sessions, so replicas must not each log in.
+-- One process at a time holds the login lease; the others adopt what it publishes.
+CREATE TABLE ameyo_sessions (
+    tenant_id   text        PRIMARY KEY,
+    sealed      bytea,
+    generation  bigint      NOT NULL DEFAULT 0,
+    login_owner text,
+    login_until timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);

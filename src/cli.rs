@@ -39,6 +39,32 @@ pub enum Command {
     },
     /// Read a token on stdin and print its SHA-256 digest for `token_sha256`.
     HashToken,
+    /// Run an in-memory Ameyo emulator (for tests, benchmarks and trying it out).
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: std::net::SocketAddr,
+        /// Accept only this login user (any by default).
+        #[arg(long)]
+        login_user: Option<String>,
+        /// Accept only this login password (any by default).
+        #[arg(long, env = "AMEYO_EMULATOR_LOGIN_PASSWORD")]
+        login_password: Option<String>,
+        /// Sessions expire this many seconds after login.
+        #[arg(long)]
+        session_ttl_secs: Option<u64>,
+        /// Share of API calls answered with an HTML 500 page (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Milliseconds added to every API call.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Every Nth API call is answered 429 with Retry-After (0: never).
+        #[arg(long, default_value_t = 0)]
+        rate_limit_every: u64,
+        /// Start in an outage: "unavailable" (503) or "refuse" (drop connections).
+        #[arg(long)]
+        outage: Option<String>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -95,6 +121,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", settings.redacted_toml());
             eprintln!("configuration is valid");
             Ok(())
+        }
+        Command::Emulator {
+            listen,
+            login_user,
+            login_password,
+            session_ttl_secs,
+            error_rate,
+            latency_ms,
+            rate_limit_every,
+            outage,
+        } => {
+            use crate::ameyo::emulator::{Emulator, EmulatorOptions, Faults, Outage};
+            if !(0.0..=1.0).contains(&error_rate) {
+                anyhow::bail!("--error-rate must be between 0 and 1");
+            }
+            let outage = match outage.as_deref() {
+                None => None,
+                Some("unavailable") => Some(Outage::Unavailable),
+                Some("refuse") => Some(Outage::Refuse),
+                Some(o) => anyhow::bail!("--outage must be unavailable or refuse, not {o}"),
+            };
+            crate::telemetry::init(&crate::config::LogSettings::default());
+            let options = EmulatorOptions {
+                login_user,
+                login_password,
+                session_ttl: session_ttl_secs.map(std::time::Duration::from_secs),
+                faults: Faults {
+                    error_rate,
+                    latency_ms,
+                    outage,
+                    rate_limit_every,
+                    ..Faults::default()
+                },
+            };
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                tracing::info!(%listen, "Ameyo emulator at /ameyorestapi, admin at /emulator");
+                Emulator::new(options)
+                    .serve(listener, crate::server::shutdown_signal())
+                    .await?;
+                Ok(())
+            })
         }
         Command::HashToken => {
             let mut token = String::new();

@@ -92,7 +92,7 @@ async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
     let cipher = ameyo_scim::store::password::PasswordCipher::new(&key);
     use secrecy::ExposeSecret;
     assert_eq!(
-        cipher.open(id, &sealed).unwrap().expose_secret(),
+        cipher.open(id.as_bytes(), &sealed).unwrap().expose_secret(),
         "Sup3r-S3cret-Passw0rd!"
     );
     // A password change is a write of its own, even when nothing else changes.
@@ -112,7 +112,7 @@ async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
     .unwrap();
     assert_eq!(version, 2);
     assert_eq!(
-        cipher.open(id, &sealed).unwrap().expose_secret(),
+        cipher.open(id.as_bytes(), &sealed).unwrap().expose_secret(),
         "N3w-Passw0rd!"
     );
     // Deleting the user erases a password that was never delivered.

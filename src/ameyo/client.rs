@@ -77,6 +77,25 @@ pub struct ListedUser {
     pub raw: Value,
 }
 
+/// Where the processes serving a tenant share its Ameyo session. Logging in with
+/// `forceLogin` ends the admin user's other sessions, so replicas that each logged in
+/// would end each other's sessions forever; instead one logs in and all adopt it.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync {
+    /// The shared session and its generation, if there is one.
+    async fn load(&self) -> Result<Option<(SecretString, u64)>, String>;
+    /// Take the login lease if no session newer than `seen` exists and no one else holds
+    /// the lease. `true`: this process logs in now.
+    async fn begin_login(&self, seen: u64) -> Result<bool, String>;
+    /// Publish a fresh session (ending the lease); returns its generation.
+    async fn publish(&self, session: &SecretString) -> Result<u64, String>;
+    /// Give the lease back after a failed login.
+    async fn abandon_login(&self) -> Result<(), String>;
+}
+
+/// How long a process waits for another one's login before giving up this attempt.
+const ADOPT_WAIT: Duration = Duration::from_secs(30);
+
 enum Auth {
     Static(SecretString),
     Login {
@@ -105,6 +124,7 @@ pub struct AmeyoClient {
     limiter: Semaphore,
     update_path_id: UpdatePathId,
     logins: std::sync::atomic::AtomicU64,
+    shared: Option<Arc<dyn SessionStore>>,
 }
 
 /// Outcome of a call that may need a session.
@@ -114,7 +134,11 @@ enum Attempt {
 }
 
 impl AmeyoClient {
-    pub fn new(s: &AmeyoSettings) -> Result<Arc<Self>, String> {
+    /// `shared`: where replicas share the session (none: this process only).
+    pub fn new(
+        s: &AmeyoSettings,
+        shared: Option<Arc<dyn SessionStore>>,
+    ) -> Result<Arc<Self>, String> {
         let mut base = Url::parse(&s.base_url).map_err(|e| format!("base_url: {e}"))?;
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -163,6 +187,7 @@ impl AmeyoClient {
             limiter: Semaphore::new(s.max_concurrent_calls),
             update_path_id: s.update_path_id,
             logins: std::sync::atomic::AtomicU64::new(0),
+            shared,
         }))
     }
 
@@ -281,7 +306,7 @@ impl AmeyoClient {
         {
             Attempt::Done(v) => Ok(v),
             Attempt::SessionExpired => {
-                let session = self.relogin(generation, log).await?;
+                let (session, _) = self.relogin(generation, log).await?;
                 match self
                     .send(name, method, path, body, Some(&session), log)
                     .await?
@@ -305,17 +330,16 @@ impl AmeyoClient {
                 return Ok((id.clone(), s.generation));
             }
         }
-        let s = self.relogin(0, log).await?;
-        let generation = self.session.read().await.generation;
-        Ok((s, generation))
+        self.relogin(0, log).await
     }
 
-    /// Log in unless someone already did after `seen_generation`.
+    /// A session newer than `seen`: one that someone (in this process or, through the
+    /// shared store, another one) already made, or a fresh login.
     async fn relogin(
         &self,
-        seen_generation: u64,
+        seen: u64,
         log: &mut Vec<CallRecord>,
-    ) -> Result<SecretString, CallError> {
+    ) -> Result<(SecretString, u64), CallError> {
         let Auth::Login { .. } = &self.auth else {
             return Err(CallError::Permanent {
                 reason: "the configured static session id was refused by Ameyo".into(),
@@ -326,19 +350,58 @@ impl AmeyoClient {
         {
             let s = self.session.read().await;
             if let Some(id) = &s.id
-                && s.generation > seen_generation
+                && s.generation > seen
             {
-                return Ok(id.clone());
+                return Ok((id.clone(), s.generation));
             }
         }
-        let id = self.login(log).await?;
+        let (id, generation) = match &self.shared {
+            None => {
+                let id = self.login(log).await?;
+                (id, self.session.read().await.generation + 1)
+            }
+            Some(shared) => self.shared_login(shared.as_ref(), seen, log).await?,
+        };
         let mut s = self.session.write().await;
         s.id = Some(id.clone());
-        s.generation += 1;
-        self.logins
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(generation = s.generation, "logged in to Ameyo");
-        Ok(id)
+        s.generation = generation;
+        Ok((id, generation))
+    }
+
+    async fn shared_login(
+        &self,
+        shared: &dyn SessionStore,
+        seen: u64,
+        log: &mut Vec<CallRecord>,
+    ) -> Result<(SecretString, u64), CallError> {
+        let store_err = |e: String| CallError::transient(format!("shared session: {e}"));
+        let started = Instant::now();
+        loop {
+            if let Some((id, generation)) = shared.load().await.map_err(store_err)?
+                && generation > seen
+            {
+                return Ok((id, generation));
+            }
+            if shared.begin_login(seen).await.map_err(store_err)? {
+                return match self.login(log).await {
+                    Ok(id) => {
+                        let generation = shared.publish(&id).await.map_err(store_err)?;
+                        Ok((id, generation))
+                    }
+                    Err(e) => {
+                        let _ = shared.abandon_login().await;
+                        Err(e)
+                    }
+                };
+            }
+            // Another process is logging in: adopt its session once it is published.
+            if started.elapsed() > ADOPT_WAIT {
+                return Err(CallError::transient(
+                    "waited too long for another replica's Ameyo login",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn login(&self, log: &mut Vec<CallRecord>) -> Result<SecretString, CallError> {
@@ -383,6 +446,9 @@ impl AmeyoClient {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| CallError::transient("the login answer carries no sessionId"))?;
+        self.logins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("logged in to Ameyo");
         Ok(SecretString::from(id.to_string()))
     }
 
@@ -436,11 +502,18 @@ fn as_i64(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
 }
 
-/// One path segment, percent-encoded.
+/// One path segment, percent-encoded except for the characters RFC 3986 allows there
+/// as they are (so an e-mail userId keeps its `@`).
 fn encode_segment(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@:!$&'()*+,;=".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn describe_transport_error(e: &reqwest::Error) -> String {
@@ -636,5 +709,7 @@ mod tests {
             "SessionService.login.failed.not.able.to.fetch.user.info"
         ));
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode_segment("ann@x.example"), "ann@x.example");
+        assert_eq!(encode_segment("50%?#"), "50%25%3F%23");
     }
 }

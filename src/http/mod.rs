@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod observe;
 mod users;
 
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde_json::Value;
-use tower_http::trace::TraceLayer;
 
 use crate::config::{ScimSettings, Settings};
 use crate::scim::discovery;
@@ -98,12 +98,14 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .nest("/scim/v2", scim)
         .route("/healthz", get(|| async { "ok" }))
+        // Applies to the nested routes too: every matched request gets its template.
+        .route_layer(middleware::from_fn(observe::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             deadline(request_timeout, req, next)
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(observe::observe))
         .with_state(state)
 }
 
@@ -114,6 +116,7 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         .and_then(|h| h.to_str().ok());
     match state.inner.auth.authenticate(header) {
         Some(tenant) => {
+            tracing::Span::current().record("tenant", tenant.id());
             req.extensions_mut().insert(tenant);
             next.run(req).await
         }

@@ -4,6 +4,7 @@
 pub mod filter_sql;
 pub mod password;
 pub mod postgres;
+pub mod session;
 
 use async_trait::async_trait;
 use uuid::Uuid;

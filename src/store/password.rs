@@ -1,12 +1,11 @@
-//! Passwords waiting for delivery to Ameyo, encrypted at rest with AES-256-GCM. The
-//! user's id is bound in as associated data, so a ciphertext moved to another row
-//! does not decrypt.
+//! Secrets at rest (passwords waiting for delivery, the shared Ameyo session),
+//! encrypted with AES-256-GCM. The owner's id is bound in as associated data, so a
+//! ciphertext moved to another row does not decrypt.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use uuid::Uuid;
 
 const NONCE_LEN: usize = 12;
 
@@ -33,7 +32,7 @@ impl PasswordCipher {
     }
 
     /// `nonce || ciphertext`.
-    pub fn seal(&self, user_id: Uuid, password: &SecretString) -> Vec<u8> {
+    pub fn seal(&self, owner: &[u8], password: &SecretString) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
@@ -42,7 +41,7 @@ impl PasswordCipher {
                 &Nonce::from(nonce),
                 Payload {
                     msg: password.expose_secret().as_bytes(),
-                    aad: user_id.as_bytes(),
+                    aad: owner,
                 },
             )
             .unwrap_or_default();
@@ -52,7 +51,7 @@ impl PasswordCipher {
         out
     }
 
-    pub fn open(&self, user_id: Uuid, sealed: &[u8]) -> Result<SecretString, DecryptError> {
+    pub fn open(&self, owner: &[u8], sealed: &[u8]) -> Result<SecretString, DecryptError> {
         if sealed.len() <= NONCE_LEN {
             return Err(DecryptError);
         }
@@ -64,7 +63,7 @@ impl PasswordCipher {
                 &Nonce::from(nonce),
                 Payload {
                     msg: ct,
-                    aad: user_id.as_bytes(),
+                    aad: owner,
                 },
             )
             .map_err(|_| DecryptError)?;
@@ -77,16 +76,18 @@ impl PasswordCipher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn round_trip_and_binding() {
         let c = PasswordCipher::new(&[7u8; 32]);
         let id = Uuid::new_v4();
+        let id = id.as_bytes();
         let sealed = c.seal(id, &SecretString::from("hunter2"));
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(c.open(id, &sealed).unwrap().expose_secret(), "hunter2");
         assert!(
-            c.open(Uuid::new_v4(), &sealed).is_err(),
+            c.open(Uuid::new_v4().as_bytes(), &sealed).is_err(),
             "bound to its user"
         );
         assert!(PasswordCipher::new(&[8u8; 32]).open(id, &sealed).is_err());

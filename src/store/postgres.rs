@@ -66,7 +66,7 @@ impl PgStore {
         let sealed = next
             .password
             .as_ref()
-            .map(|p| self.cipher.seal(current.id, p));
+            .map(|p| self.cipher.seal(current.id.as_bytes(), p));
         let row = sqlx::query(UPDATE_SQL)
             .bind(tenant)
             .bind(current.id)
@@ -273,7 +273,10 @@ impl PgStore {
 impl UserStore for PgStore {
     async fn create(&self, tenant: &str, user: UserInput) -> Result<StoredUser> {
         let id = Uuid::new_v4();
-        let sealed = user.password.as_ref().map(|p| self.cipher.seal(id, p));
+        let sealed = user
+            .password
+            .as_ref()
+            .map(|p| self.cipher.seal(id.as_bytes(), p));
         let row = sqlx::query(CREATE_SQL)
             .bind(id)
             .bind(tenant)

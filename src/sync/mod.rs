@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::ameyo::client::{AmeyoClient, CallError, CallRecord};
+use crate::ameyo::client::{AmeyoClient, CallError, CallRecord, SessionStore};
 use crate::ameyo::mapping::{self, AmeyoUser, Mapper};
 use crate::config::{OnDeactivate, OnDelete, Settings, SyncSettings, UpdatePathId};
 use crate::store::password::PasswordCipher;
 use crate::store::postgres::SYNC_CHANNEL;
+use crate::store::session::PgSessionStore;
 
 /// One tenant's Ameyo and mapping.
 pub struct TenantLink {
@@ -107,13 +108,14 @@ const MARK_CREATE_SQL: &str = "
 UPDATE sync_state SET create_attempted = true, updated_at = now()
 WHERE user_id = $1 AND lease_token = $2";
 
-/// The attempt-log insert every outcome statement starts with ($1 user, $3 tenant,
-/// $4 version, $5..$9 the calls), as a macro so the SQL stays static.
+/// The attempt-log insert every outcome statement starts with ($1 user, $2 lease
+/// token, $3 tenant, $4 version, $5..$9 the calls, $10 the worker), as a macro so the
+/// SQL stays static.
 macro_rules! log_attempts {
     () => {
         "WITH a AS (
-    INSERT INTO sync_attempts (tenant_id, user_id, version, call, outcome, http_status, duration_ms, error)
-    SELECT $3, $1, $4, c.call, c.outcome, c.status, c.ms, c.error
+    INSERT INTO sync_attempts (tenant_id, user_id, version, worker, call, outcome, http_status, duration_ms, error)
+    SELECT $3, $1, $4, $10, c.call, c.outcome, c.status, c.ms, c.error
     FROM UNNEST($5::text[], $6::text[], $7::int[], $8::int[], $9::text[])
          AS c(call, outcome, status, ms, error)), "
     };
@@ -128,8 +130,8 @@ const SYNCED_SQL: &str = concat!(
         attempts = CASE WHEN desired_version > $4 THEN attempts ELSE 0 END,
         next_attempt_at = now(), last_error = NULL,
         lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-        ameyo_user_id = $10, cc_user_id = $11, create_attempted = $12, ameyo_locked = $13,
-        last_pushed = $14,
+        ameyo_user_id = $11, cc_user_id = $12, create_attempted = $13, ameyo_locked = $14,
+        last_pushed = $15,
         pending_password = CASE WHEN password_version <= $4 THEN NULL ELSE pending_password END,
         password_version = CASE WHEN password_version <= $4 THEN NULL ELSE password_version END,
         updated_at = now()
@@ -142,13 +144,13 @@ const RETRY_SQL: &str = concat!(
     log_attempts!(),
     "u AS (
     UPDATE sync_state SET
-        state = CASE WHEN $15 THEN 'dead' ELSE 'pending' END,
+        state = CASE WHEN $16 THEN 'dead' ELSE 'pending' END,
         attempts = attempts + 1,
-        next_attempt_at = now() + make_interval(secs => $16),
-        last_error = $17,
+        next_attempt_at = now() + make_interval(secs => $17),
+        last_error = $18,
         lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-        ameyo_user_id = $10, cc_user_id = $11, create_attempted = $12, ameyo_locked = $13,
-        last_pushed = $14,
+        ameyo_user_id = $11, cc_user_id = $12, create_attempted = $13, ameyo_locked = $14,
+        last_pushed = $15,
         updated_at = now()
     WHERE user_id = $1 AND lease_token = $2
     RETURNING 1)
@@ -207,9 +209,17 @@ fn scrub(text: String, secrets: &[&str]) -> String {
 impl Worker {
     /// Build clients and mappers for every tenant.
     pub fn new(settings: &Settings, pool: PgPool, cipher: PasswordCipher) -> Result<Self, String> {
+        let owner = this_owner();
         let mut tenants = HashMap::new();
         for t in &settings.tenants {
-            let client = AmeyoClient::new(&t.ameyo).map_err(|e| format!("tenant {}: {e}", t.id))?;
+            let shared: Arc<dyn SessionStore> = Arc::new(PgSessionStore::new(
+                pool.clone(),
+                cipher.clone(),
+                &t.id,
+                &owner,
+            ));
+            let client = AmeyoClient::new(&t.ameyo, Some(shared))
+                .map_err(|e| format!("tenant {}: {e}", t.id))?;
             let mapper = Mapper::new(&t.ameyo.mapping, t.ameyo.contact_center_id)
                 .map_err(|e| format!("tenant {}: {e}", t.id))?;
             tenants.insert(t.id.clone(), Arc::new(TenantLink { client, mapper }));
@@ -219,7 +229,7 @@ impl Worker {
             cipher,
             tenants,
             settings: settings.sync.clone(),
-            owner: this_owner(),
+            owner,
         })
     }
 
@@ -407,7 +417,7 @@ impl Worker {
             return Outcome::Dead(format!("tenant '{}' is not configured", c.tenant_id));
         };
         let password = match &c.pending_password {
-            Some(sealed) => match self.cipher.open(c.user_id, sealed) {
+            Some(sealed) => match self.cipher.open(c.user_id.as_bytes(), sealed) {
                 Ok(p) => {
                     secrets.push(p.expose_secret().to_string());
                     Some(p)
@@ -715,12 +725,6 @@ impl Worker {
         log: &[CallRecord],
         secrets: &[&str],
     ) -> Result<bool, sqlx::Error> {
-        let outcome_name = match outcome {
-            Outcome::Synced | Outcome::Removed => "ok",
-            Outcome::Retry(_) => "retry",
-            Outcome::Dead(_) => "dead",
-            Outcome::LostLease => "lost_lease",
-        };
         if matches!(outcome, Outcome::LostLease) {
             return Ok(false);
         }
@@ -744,7 +748,6 @@ impl Worker {
             .iter()
             .map(|r| r.error.clone().map(|e| scrub(e, secrets)))
             .collect();
-        let _ = outcome_name;
         let base = |sql: &'static str| {
             sqlx::query_scalar::<_, i64>(sql)
                 .bind(c.user_id)
@@ -756,6 +759,7 @@ impl Worker {
                 .bind(statuses.clone())
                 .bind(ms.clone())
                 .bind(errors.clone())
+                .bind(&self.owner)
         };
         let n = match outcome {
             Outcome::Removed => base(REMOVED_SQL).fetch_one(&self.pool).await?,

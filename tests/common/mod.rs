@@ -271,3 +271,100 @@ pub fn jwt_c(overrides: Value) -> String {
     )
     .expect("sign")
 }
+
+/// The app plus a delivery worker, both pointed at an in-process Ameyo emulator.
+pub struct SyncApp {
+    pub app: TestApp,
+    pub worker: std::sync::Arc<ameyo_scim::sync::Worker>,
+    pub emulator: ameyo_scim::ameyo::emulator::Emulator,
+}
+
+/// Fast retries so tests can watch a backoff play out.
+pub fn sync_settings(ameyo_url: &str) -> Settings {
+    let mut s = settings_for(ameyo_url);
+    s.sync.retry_base_ms = 20;
+    s.sync.retry_cap_secs = 1;
+    s.sync.concurrency = 8;
+    s
+}
+
+pub async fn sync_app(pool: PgPool) -> SyncApp {
+    sync_app_with(pool, Default::default(), |_| {}).await
+}
+
+pub async fn sync_app_with(
+    pool: PgPool,
+    options: ameyo_scim::ameyo::emulator::EmulatorOptions,
+    tweak: impl FnOnce(&mut Settings),
+) -> SyncApp {
+    let (emulator, addr) = ameyo_scim::ameyo::emulator::Emulator::spawn(options)
+        .await
+        .expect("emulator");
+    let mut settings = sync_settings(&format!("http://{addr}"));
+    tweak(&mut settings);
+    let key = settings.password_key().expect("key");
+    let worker = ameyo_scim::sync::Worker::new(&settings, pool.clone(), PasswordCipher::new(&key))
+        .expect("worker");
+    SyncApp {
+        app: app_with(pool, settings).await,
+        worker: std::sync::Arc::new(worker),
+        emulator,
+    }
+}
+
+impl SyncApp {
+    /// Deliver until every user is done or dead (waiting out retry delays), or panic
+    /// after `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            self.worker.run_until_idle().await.expect("deliveries");
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sync_state WHERE state IN ('pending', 'leased')",
+            )
+            .fetch_one(&self.app.pool)
+            .await
+            .expect("count");
+            if open == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{open} users still not delivered after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// State, attempts and last error of a user's outbox row.
+    pub async fn sync_row(&self, id: &str) -> (String, i32, Option<String>) {
+        sqlx::query_as(
+            "SELECT state, attempts, last_error FROM sync_state WHERE user_id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_one(&self.app.pool)
+        .await
+        .expect("sync row")
+    }
+
+    /// The emulator's user with this Ameyo userId.
+    pub fn ameyo_user(&self, user_id: &str) -> Option<Value> {
+        self.emulator
+            .users()
+            .into_iter()
+            .find(|u| u["userId"] == json!(user_id))
+    }
+
+    /// API calls of a kind: (method, path prefix).
+    pub fn calls(
+        &self,
+        method: &str,
+        path_prefix: &str,
+    ) -> Vec<ameyo_scim::ameyo::emulator::RecordedRequest> {
+        self.emulator
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.starts_with(path_prefix))
+            .collect()
+    }
+}

@@ -1,0 +1,442 @@
+//! Delivery to Ameyo end to end: the SCIM API writes, the worker delivers to the
+//! in-process Ameyo emulator, and the tests read what Ameyo received.
+
+mod common;
+
+use std::time::Duration;
+
+use ameyo_scim::ameyo::emulator::{EmulatorOptions, Faults, Outage};
+use common::*;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn agent(user_name: &str) -> Value {
+    json!({
+        "schemas": [USER_SCHEMA, AMEYO],
+        "userName": user_name,
+        "name": {"givenName": "Ada", "familyName": "Lovelace"},
+        "emails": [{"value": format!("sso-{user_name}"), "type": "work", "primary": true}],
+        "title": "Analyst",
+        "active": true,
+        AMEYO: {"maxAllowedLogins": 2, "loginPolicy": "verify.before.force.login"}
+    })
+}
+
+/// The SSO link is cleared (Ameyo shows an empty or absent mappingUserId).
+fn no_mapping(u: &Value) -> bool {
+    u["mappingUserId"].as_str().unwrap_or("").is_empty()
+}
+
+fn patch(ops: Value) -> Value {
+    json!({"schemas": [PATCH_OP], "Operations": ops})
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn each_change_reaches_ameyo_with_the_right_call_and_payload(pool: PgPool) {
+    let s = sync_app(pool).await;
+    let mut body = agent("ada@example.com");
+    body["password"] = json!("First-Pa55word!");
+    let id = s.app.create_user(body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uri = format!("/scim/v2/Users/{id}");
+    s.drain(LIMIT).await;
+
+    // create: POST cc/contactCenterUsers with the documented field types
+    let creates = s.calls("POST", "cc/contactCenterUsers");
+    assert_eq!(creates.len(), 1);
+    let sent = creates[0].body.clone().unwrap();
+    assert_eq!(sent["userId"], json!("ada@example.com"));
+    assert_eq!(sent["userName"], json!("Ada Lovelace"));
+    assert_eq!(sent["userType"], json!("Agent"));
+    assert_eq!(sent["systemUserType"], json!("Agent"));
+    assert_eq!(sent["contactCenterId"], json!(1));
+    assert_eq!(sent["maxAllowedLogins"], json!("2"), "a string on create");
+    assert_eq!(sent["loginPolicy"], json!("verify.before.force.login"));
+    assert_eq!(sent["mappingUserId"], json!("sso-ada@example.com"));
+    assert_eq!(
+        sent["userData"],
+        json!("[redacted]"),
+        "the emulator redacts its request log"
+    );
+    assert_eq!(
+        s.emulator.user_data("ada@example.com").as_deref(),
+        Some("First-Pa55word!")
+    );
+    assert_eq!(s.sync_row(&id).await.0, "done");
+    let pending: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pending_password FROM sync_state WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+    assert!(pending.is_none(), "a delivered password is erased");
+
+    // update: PUT cc/contactCenterUsers/<userId>, maxAllowedLogins a number, no userData
+    s.emulator.clear_requests();
+    let r = s
+        .app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "path": "displayName", "value": "Countess"}])),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    s.drain(LIMIT).await;
+    let puts = s.calls("PUT", "cc/contactCenterUsers/ada@example.com");
+    assert_eq!(puts.len(), 1, "{:?}", s.emulator.requests());
+    let sent = puts[0].body.clone().unwrap();
+    assert_eq!(sent["userName"], json!("Countess"));
+    assert_eq!(sent["maxAllowedLogins"], json!(2), "a number on update");
+    assert!(
+        sent.get("userData").is_none(),
+        "an unchanged password is not re-sent"
+    );
+    assert_eq!(
+        s.ameyo_user("ada@example.com").unwrap()["userName"],
+        json!("Countess")
+    );
+
+    // password change: an update carrying userData
+    s.emulator.clear_requests();
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "value": {"password": "Second-Pa55word!"}}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert_eq!(s.calls("PUT", "cc/contactCenterUsers/").len(), 1);
+    assert_eq!(
+        s.emulator.user_data("ada@example.com").as_deref(),
+        Some("Second-Pa55word!")
+    );
+
+    // deactivate (lock): end sessions, undisclosed password, mapping cleared
+    s.emulator.clear_requests();
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "value": {"active": false}}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    let ends = s.calls("POST", "session/terminateAllSessionsForUser");
+    assert_eq!(ends.len(), 1);
+    assert_eq!(
+        ends[0].body.as_ref().unwrap()["userId"],
+        json!("ada@example.com")
+    );
+    assert_eq!(s.emulator.terminations("ada@example.com"), 1);
+    let locked = s.ameyo_user("ada@example.com").unwrap();
+    assert!(no_mapping(&locked), "{locked}");
+    let rotated = s.emulator.user_data("ada@example.com").unwrap();
+    assert_ne!(rotated, "Second-Pa55word!");
+    assert!(rotated.len() >= 20);
+
+    // reactivate: the SSO mapping comes back
+    s.emulator.clear_requests();
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "value": {"active": true}}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert_eq!(s.calls("PUT", "cc/contactCenterUsers/").len(), 1);
+    assert_eq!(
+        s.ameyo_user("ada@example.com").unwrap()["mappingUserId"],
+        json!("sso-ada@example.com")
+    );
+
+    // delete: DELETE user/users/<userId>, then the tombstone goes away
+    s.emulator.clear_requests();
+    assert_eq!(s.app.delete(&uri).await.status, 204);
+    s.drain(LIMIT).await;
+    assert_eq!(s.calls("DELETE", "user/users/ada@example.com").len(), 1);
+    assert!(s.ameyo_user("ada@example.com").is_none());
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&s.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows, 0,
+        "the tombstone is removed once Ameyo has the delete"
+    );
+    // Every call is in the attempt log.
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_attempts WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+    assert!(logged >= 8, "{logged} attempts logged");
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn on_deactivate_delete_and_on_delete_lock(pool: PgPool) {
+    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+        for t in &mut st.tenants {
+            t.ameyo.mapping.on_deactivate = ameyo_scim::config::OnDeactivate::Delete;
+            t.ameyo.mapping.on_delete = ameyo_scim::config::OnDelete::Lock;
+        }
+    })
+    .await;
+    let id = s.app.create_user(agent("bo@example.com")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uri = format!("/scim/v2/Users/{id}");
+    s.drain(LIMIT).await;
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert!(
+        s.ameyo_user("bo@example.com").is_none(),
+        "deactivation deleted the Ameyo user"
+    );
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "Replace", "path": "active", "value": "True"}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert!(
+        s.ameyo_user("bo@example.com").is_some(),
+        "reactivation created it again"
+    );
+    assert_eq!(s.calls("POST", "cc/contactCenterUsers").len(), 2);
+    // SCIM DELETE with on_delete = lock: the Ameyo user stays, locked.
+    s.app.delete(&uri).await;
+    s.drain(LIMIT).await;
+    let u = s.ameyo_user("bo@example.com").unwrap();
+    assert!(no_mapping(&u), "{u}");
+    assert_eq!(s.emulator.terminations("bo@example.com"), 1);
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_hundred_rapid_updates_coalesce(pool: PgPool) {
+    let s = sync_app(pool).await;
+    let id = s.app.create_user(agent("rapid@example.com")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uri = format!("/scim/v2/Users/{id}");
+    s.drain(LIMIT).await;
+    s.emulator.clear_requests();
+    // Updates arrive while the worker runs.
+    let worker = s.worker.clone();
+    let pump = tokio::spawn(async move {
+        for _ in 0..40 {
+            worker.run_until_idle().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    for i in 1..=100 {
+        let r = s
+            .app
+            .patch(
+                &uri,
+                patch(json!([{"op": "replace", "path": "displayName", "value": format!("v{i}")}])),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    pump.await.unwrap();
+    s.drain(LIMIT).await;
+    assert_eq!(
+        s.ameyo_user("rapid@example.com").unwrap()["userName"],
+        json!("v100")
+    );
+    let updates = s.calls("PUT", "cc/contactCenterUsers/").len();
+    assert!(updates < 50, "{updates} updates for 100 changes");
+    assert!(updates >= 1);
+    let (synced, desired): (i64, i64) = sqlx::query_as(
+        "SELECT synced_version, desired_version FROM sync_state WHERE user_id = $1::uuid",
+    )
+    .bind(&id)
+    .fetch_one(&s.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((synced, desired), (101, 101));
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn an_ameyo_outage_loses_nothing(pool: PgPool) {
+    let s = sync_app(pool).await;
+    for outage in [Outage::Unavailable, Outage::Refuse] {
+        s.emulator.set_faults(Faults {
+            outage: Some(outage),
+            ..Faults::default()
+        });
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(
+                s.app
+                    .create_named(&format!("{outage:?}-{i}@example.com").to_lowercase())
+                    .await,
+            );
+        }
+        // Deliveries fail and are scheduled again; the IdP saw only successes.
+        for _ in 0..3 {
+            s.worker.run_until_idle().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        for id in &ids {
+            let (state, attempts, err) = s.sync_row(id).await;
+            assert_eq!(state, "pending");
+            assert!(attempts >= 1);
+            assert!(err.is_some_and(|e| !e.is_empty()));
+        }
+        s.emulator.set_faults(Faults::default());
+        s.drain(LIMIT).await;
+        for i in 0..20 {
+            let uid = format!("{outage:?}-{i}@example.com").to_lowercase();
+            assert!(
+                s.ameyo_user(&uid).is_some(),
+                "{uid} delivered after the outage"
+            );
+        }
+    }
+    assert_eq!(s.emulator.users().len(), 40);
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn session_expiry_costs_one_login_and_no_failed_delivery(pool: PgPool) {
+    let s = sync_app(pool).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(s.app.create_named(&format!("sess{i}@example.com")).await);
+    }
+    s.drain(LIMIT).await;
+    assert_eq!(s.emulator.login_count(), 1);
+    s.emulator.expire_sessions();
+    for id in &ids {
+        s.app
+            .patch(
+                &format!("/scim/v2/Users/{id}"),
+                patch(json!([{"op": "replace", "path": "displayName", "value": "after"}])),
+            )
+            .await;
+    }
+    s.drain(LIMIT).await;
+    assert_eq!(
+        s.emulator.login_count(),
+        2,
+        "one login for the expiry, however many calls saw it"
+    );
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_state WHERE attempts > 0 OR state <> 'done'")
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, 0, "no delivery failed");
+    let expired_calls = s
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| !r.session_valid)
+        .count();
+    assert!(expired_calls >= 1, "calls did meet the expired session");
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_permanent_error_dead_letters_only_that_user(pool: PgPool) {
+    let s = sync_app(pool).await;
+    s.emulator.set_faults(Faults {
+        reject_user_ids: vec!["bad@example.com".into()],
+        ..Faults::default()
+    });
+    let bad = s.app.create_named("bad@example.com").await;
+    let mut good = Vec::new();
+    for i in 0..5 {
+        good.push(s.app.create_named(&format!("good{i}@example.com")).await);
+    }
+    s.drain(LIMIT).await;
+    let (state, _, err) = s.sync_row(&bad).await;
+    assert_eq!(state, "dead");
+    let err = err.unwrap();
+    assert!(
+        err.contains("Ameyo answered 400") && err.contains("input"),
+        "Ameyo's reason is kept: {err}"
+    );
+    for id in &good {
+        assert_eq!(s.sync_row(id).await.0, "done");
+    }
+    assert_eq!(s.emulator.users().len(), 5);
+    // A new SCIM write re-arms it.
+    s.emulator.set_faults(Faults::default());
+    s.app
+        .patch(
+            &format!("/scim/v2/Users/{bad}"),
+            patch(json!([{"op": "replace", "path": "title", "value": "fixed"}])),
+        )
+        .await;
+    assert_eq!(s.sync_row(&bad).await.0, "pending");
+    s.drain(LIMIT).await;
+    assert_eq!(s.sync_row(&bad).await.0, "done");
+    assert!(s.ameyo_user("bad@example.com").is_some());
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn transient_faults_and_rate_limits_are_retried(pool: PgPool) {
+    let s = sync_app(pool).await;
+    s.emulator.set_faults(Faults {
+        error_rate: 0.3,
+        rate_limit_every: 7,
+        retry_after_secs: 0,
+        ..Faults::default()
+    });
+    for i in 0..30 {
+        s.app.create_named(&format!("flaky{i}@example.com")).await;
+    }
+    s.drain(Duration::from_secs(60)).await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_state WHERE state = 'dead'")
+        .fetch_one(&s.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    assert_eq!(
+        s.emulator.users().len(),
+        30,
+        "each user once, despite failed and unknown-outcome creates"
+    );
+    let statuses: std::collections::HashSet<u16> =
+        s.emulator.requests().iter().map(|r| r.status).collect();
+    assert!(
+        statuses.contains(&500) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn an_existing_ameyo_user_is_linked_not_duplicated(pool: PgPool) {
+    let s = sync_app(pool).await;
+    s.emulator.add_user(json!({
+        "userId": "legacy@example.com", "userType": "Agent", "userName": "Old Name",
+        "systemUserType": "Agent", "contactCenterId": 1
+    }));
+    let id = s.app.create_named("legacy@example.com").await;
+    s.drain(LIMIT).await;
+    assert_eq!(s.sync_row(&id).await.0, "done");
+    assert_eq!(s.emulator.users().len(), 1);
+    assert_eq!(
+        s.ameyo_user("legacy@example.com").unwrap()["userName"],
+        json!("legacy@example.com")
+    );
+    let linked: Option<String> =
+        sqlx::query_scalar("SELECT ameyo_user_id FROM sync_state WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(linked.as_deref(), Some("legacy@example.com"));
+}
