@@ -50,6 +50,8 @@ CREATE TABLE sync_state (
                      CHECK (state IN ('pending', 'leased', 'done', 'dead')),
     attempts         integer     NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    -- When the oldest change not yet in Ameyo was made (NULL when done or dead).
+    pending_since    timestamptz DEFAULT now(),
     -- The claim: who holds it, until when, and the token that fences its completion.
     lease_owner      text,
     lease_until      timestamptz,

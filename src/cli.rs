@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin;
 use crate::config::Settings;
 use crate::http::auth::token_digest;
 
@@ -39,6 +40,37 @@ pub enum Command {
     },
     /// Read a token on stdin and print its SHA-256 digest for `token_sha256`.
     HashToken,
+    /// Delivery to Ameyo: status, dead letters, retries.
+    Sync {
+        #[arg(long, env = "AMEYO_SCIM_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+    /// Users as the service sees them.
+    Users {
+        #[arg(long, env = "AMEYO_SCIM_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Compare a tenant's users with Ameyo's user list; report what differs.
+    Reconcile {
+        #[arg(long, env = "AMEYO_SCIM_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        /// Queue the resyncs that fix our users (never deletes an Ameyo user).
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run an in-memory Ameyo emulator (for tests, benchmarks and trying it out).
     Emulator {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -64,6 +96,52 @@ pub enum Command {
         /// Start in an outage: "unavailable" (503) or "refuse" (drop connections).
         #[arg(long)]
         outage: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncCommand {
+    /// Users by delivery state per tenant, the oldest pending change, dead letters.
+    Status,
+    /// Users waiting for delivery or dead-lettered: who, since when, the last error.
+    List {
+        #[arg(long, conflicts_with = "pending", required_unless_present = "pending")]
+        dead: bool,
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Re-arm a dead-lettered user, or all of them.
+    Retry {
+        /// A user id or userName.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        user: Option<String>,
+        #[arg(long)]
+        all_dead: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Push a user's current state to Ameyo again (or every user of a tenant).
+    Resync {
+        /// A user id or userName.
+        #[arg(required_unless_present = "tenant")]
+        user: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// The SCIM resource, the Ameyo link and the last delivery attempts.
+    Show {
+        /// A user id or userName.
+        user: String,
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -166,6 +244,139 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Sync {
+            config,
+            json,
+            command,
+        } => {
+            let settings = load(config.as_ref())?;
+            runtime()?.block_on(sync_command(settings, json, command))
+        }
+        Command::Users {
+            config,
+            json,
+            command: UsersCommand::Show { user, tenant },
+        } => {
+            let settings = load(config.as_ref())?;
+            runtime()?.block_on(async move {
+                let pool = admin_pool(&settings).await?;
+                let (tenant, id) = admin::resolve_user(&pool, tenant.as_deref(), &user).await?;
+                let report = admin::show(&pool, &tenant, id).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!(
+                        "tenant: {}{}",
+                        report.tenant,
+                        if report.deleted {
+                            " (deleted, waiting for Ameyo)"
+                        } else {
+                            ""
+                        }
+                    );
+                    println!(
+                        "\nSCIM resource:\n{}",
+                        serde_json::to_string_pretty(&report.resource)?
+                    );
+                    println!(
+                        "\nAmeyo link and delivery:\n{}",
+                        serde_json::to_string_pretty(&report.sync)?
+                    );
+                    println!("\nlast attempts:");
+                    let rows: Vec<Vec<String>> = report
+                        .attempts
+                        .iter()
+                        .map(|a| {
+                            [
+                                "at",
+                                "version",
+                                "call",
+                                "outcome",
+                                "http_status",
+                                "duration_ms",
+                                "error",
+                            ]
+                            .iter()
+                            .map(|k| cell(&a[*k]))
+                            .collect()
+                        })
+                        .collect();
+                    print_table(
+                        &["at", "version", "call", "outcome", "status", "ms", "error"],
+                        &rows,
+                    );
+                }
+                Ok(())
+            })
+        }
+        Command::Reconcile {
+            config,
+            tenant,
+            apply,
+            json,
+        } => {
+            let settings = load(config.as_ref())?;
+            runtime()?.block_on(async move {
+                let pool = admin_pool(&settings).await?;
+                let r = admin::reconcile(&settings, &pool, &tenant, apply).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    return Ok(());
+                }
+                println!("tenant {}: {} users checked", r.tenant, r.checked);
+                println!("\nmissing in Ameyo ({}):", r.missing_in_ameyo.len());
+                let rows: Vec<Vec<String>> = r
+                    .missing_in_ameyo
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.user_name.clone(),
+                            m.ameyo_user_id.clone(),
+                            m.user_id.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["userName", "Ameyo userId", "id"], &rows);
+                println!("\nfield differences ({} users):", r.field_differences.len());
+                let rows: Vec<Vec<String>> = r
+                    .field_differences
+                    .iter()
+                    .flat_map(|d| {
+                        d.differences.iter().map(move |f| {
+                            vec![
+                                d.ameyo_user_id.clone(),
+                                f.field.to_string(),
+                                cell(&f.ours),
+                                cell(&f.ameyo),
+                            ]
+                        })
+                    })
+                    .collect();
+                print_table(&["Ameyo userId", "field", "ours", "Ameyo"], &rows);
+                println!(
+                    "\nin Ameyo but not ours ({}), never deleted:",
+                    r.unknown_in_ameyo.len()
+                );
+                for u in &r.unknown_in_ameyo {
+                    println!("  {u}");
+                }
+                if !r.unmappable.is_empty() {
+                    println!(
+                        "\nno Ameyo userId can be made for ({}):",
+                        r.unmappable.len()
+                    );
+                    for u in &r.unmappable {
+                        println!("  {u}");
+                    }
+                }
+                if apply {
+                    println!("\n{} resyncs queued", r.queued);
+                } else if !(r.missing_in_ameyo.is_empty() && r.field_differences.is_empty()) {
+                    println!("\nrun again with --apply to queue the resyncs that fix these");
+                }
+                Ok(())
+            })
+        }
         Command::HashToken => {
             let mut token = String::new();
             std::io::stdin()
@@ -179,5 +390,192 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", token_digest(token));
             Ok(())
         }
+    }
+}
+
+/// A small pool for one admin command; no migrations, no workers.
+async fn admin_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let mut db = settings.database.clone();
+    db.max_connections = 2;
+    let pool = crate::store::postgres::connect_lazy(&db)?;
+    sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the database {}: {e}",
+            crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(
+                &settings.database.url
+            ))
+        )
+    })?;
+    Ok(pool)
+}
+
+async fn sync_command(settings: Settings, json: bool, command: SyncCommand) -> anyhow::Result<()> {
+    let pool = admin_pool(&settings).await?;
+    match command {
+        SyncCommand::Status => {
+            let rows = admin::status(&pool, &settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.tenant.clone(),
+                            r.pending.to_string(),
+                            r.leased.to_string(),
+                            r.done.to_string(),
+                            r.dead.to_string(),
+                            r.oldest_pending_secs
+                                .map(human_secs)
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "tenant",
+                        "pending",
+                        "in flight",
+                        "done",
+                        "dead",
+                        "oldest pending",
+                    ],
+                    &table,
+                );
+            }
+        }
+        SyncCommand::List {
+            dead,
+            pending: _,
+            tenant,
+            limit,
+        } => {
+            let which = if dead {
+                admin::Which::Dead
+            } else {
+                admin::Which::Pending
+            };
+            let rows = admin::list(&pool, which, tenant.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.tenant.clone(),
+                            r.user_name.clone(),
+                            r.user_id.to_string(),
+                            r.state.clone(),
+                            r.since.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            r.attempts.to_string(),
+                            r.last_error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "tenant",
+                        "userName",
+                        "id",
+                        "state",
+                        "since",
+                        "attempts",
+                        "last error",
+                    ],
+                    &table,
+                );
+            }
+        }
+        SyncCommand::Retry {
+            user,
+            all_dead,
+            tenant,
+        } => {
+            let id = match (&user, all_dead) {
+                (Some(u), _) => Some(admin::resolve_user(&pool, tenant.as_deref(), u).await?.1),
+                (None, _) => None,
+            };
+            let n = admin::retry(&pool, id, tenant.as_deref()).await?;
+            report_count(json, "re-armed", n)?;
+        }
+        SyncCommand::Resync { user, tenant } => {
+            let id = match &user {
+                Some(u) => Some(admin::resolve_user(&pool, tenant.as_deref(), u).await?.1),
+                None => None,
+            };
+            let n = admin::resync(
+                &pool,
+                id,
+                if id.is_some() {
+                    None
+                } else {
+                    tenant.as_deref()
+                },
+            )
+            .await?;
+            report_count(json, "queued for resync", n)?;
+        }
+    }
+    Ok(())
+}
+
+fn report_count(json: bool, what: &str, n: u64) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::json!({ what.replace(' ', "_"): n }));
+    } else {
+        println!("{n} users {what}");
+    }
+    Ok(())
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Columns padded to their widest cell; long cells are cut so a row stays readable.
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    const MAX: usize = 60;
+    let clip = |s: &str| -> String {
+        if s.chars().count() > MAX {
+            format!("{}…", s.chars().take(MAX - 1).collect::<String>())
+        } else {
+            s.to_string()
+        }
+    };
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(clip(c).chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.iter().map(|c| clip(c)).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
     }
 }

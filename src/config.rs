@@ -37,6 +37,10 @@ pub struct ServerSettings {
     /// `Location`. Without it, the request's `Host` header is used.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Address of the Prometheus `/metrics` listener (its own port, not the SCIM one).
+    /// Unset: no metrics listener.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
@@ -60,6 +64,7 @@ impl Default for ServerSettings {
         Self {
             listen: default_listen(),
             public_url: None,
+            metrics_listen: None,
             shutdown_grace_secs: default_shutdown_grace(),
             request_timeout_secs: default_request_timeout(),
         }

@@ -4,6 +4,7 @@
 //! Data flows `http` -> `scim` (pure protocol logic) -> `store` (Postgres, one
 //! transaction per write, with a pending outbox row for delivery to Ameyo).
 
+pub mod admin;
 pub mod ameyo;
 pub mod cli;
 pub mod config;

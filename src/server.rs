@@ -61,7 +61,29 @@ pub async fn serve_with_listener(
         tracing::warn!("sync.enabled is false: changes are stored but not delivered to Ameyo");
         None
     };
-    let state = AppState::new(&settings, Arc::new(store)).map_err(anyhow::Error::msg)?;
+    crate::telemetry::metrics::install();
+    let store = Arc::new(store);
+    let metrics_task = match settings.server.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+            let tenants = settings.tenants.iter().map(|t| t.id.clone()).collect();
+            let app = crate::http::metrics_router(
+                store.clone(),
+                tenants,
+                settings.database.max_connections,
+            );
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    let state = AppState::new(&settings, store).map_err(anyhow::Error::msg)?;
     let app = router(
         state,
         Duration::from_secs(settings.server.request_timeout_secs),
@@ -94,6 +116,9 @@ pub async fn serve_with_listener(
     if let Some(task) = worker_task {
         // The worker bounds its own drain by the same grace period.
         let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
+        task.abort();
     }
     tracing::info!("stopped");
     Ok(())

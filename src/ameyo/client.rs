@@ -125,6 +125,8 @@ pub struct AmeyoClient {
     update_path_id: UpdatePathId,
     logins: std::sync::atomic::AtomicU64,
     shared: Option<Arc<dyn SessionStore>>,
+    /// For metrics labels.
+    tenant: String,
 }
 
 /// Outcome of a call that may need a session.
@@ -136,6 +138,7 @@ enum Attempt {
 impl AmeyoClient {
     /// `shared`: where replicas share the session (none: this process only).
     pub fn new(
+        tenant: &str,
         s: &AmeyoSettings,
         shared: Option<Arc<dyn SessionStore>>,
     ) -> Result<Arc<Self>, String> {
@@ -188,6 +191,7 @@ impl AmeyoClient {
             update_path_id: s.update_path_id,
             logins: std::sync::atomic::AtomicU64::new(0),
             shared,
+            tenant: tenant.to_string(),
         }))
     }
 
@@ -405,6 +409,12 @@ impl AmeyoClient {
     }
 
     async fn login(&self, log: &mut Vec<CallRecord>) -> Result<SecretString, CallError> {
+        let result = self.try_login(log).await;
+        crate::telemetry::metrics::login(&self.tenant, result.is_ok());
+        result
+    }
+
+    async fn try_login(&self, log: &mut Vec<CallRecord>) -> Result<SecretString, CallError> {
         let Auth::Login {
             user,
             password,
@@ -488,6 +498,12 @@ impl AmeyoClient {
             Ok(Attempt::SessionExpired) => (None, Some("session expired".to_string())),
             Err(e) => (e.status(), Some(e.to_string())),
         };
+        crate::telemetry::metrics::ameyo_call(
+            &self.tenant,
+            name,
+            status,
+            started.elapsed().as_secs_f64(),
+        );
         log.push(CallRecord {
             call: name,
             status,

@@ -98,6 +98,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .nest("/scim/v2", scim)
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         // Applies to the nested routes too: every matched request gets its template.
         .route_layer(middleware::from_fn(observe::record_route))
         .fallback(not_found)
@@ -121,6 +122,96 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             next.run(req).await
         }
         None => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// 200 when the database answers and every migration is applied, else 503 with the
+/// reason. Bounded in time so a probe never hangs on a dead database.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let check = tokio::time::timeout(Duration::from_secs(2), state.store().ready()).await;
+    let result = match check {
+        Ok(r) => r,
+        Err(_) => Err("the database did not answer within 2 seconds".into()),
+    };
+    crate::telemetry::metrics::ready(result.is_ok());
+    match result {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+            .into_response(),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "not ready", "reason": reason})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The Prometheus listener's router: `GET /metrics`, with the outbox gauges refreshed
+/// from the database on each scrape.
+pub fn metrics_router(
+    store: Arc<crate::store::PgStore>,
+    tenants: Vec<String>,
+    max_connections: u32,
+) -> Router {
+    let handle = crate::telemetry::metrics::install();
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let store = store.clone();
+            let tenants = tenants.clone();
+            async move {
+                refresh_gauges(&store, &tenants, max_connections).await;
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
+async fn refresh_gauges(store: &crate::store::PgStore, tenants: &[String], max_connections: u32) {
+    use crate::telemetry::metrics;
+    let pool = store.pool();
+    let idle = pool.num_idle();
+    metrics::db_pool(
+        idle,
+        (pool.size() as usize).saturating_sub(idle),
+        max_connections,
+    );
+    let ready = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::store::UserStore::ready(store),
+    )
+    .await;
+    metrics::ready(matches!(ready, Ok(Ok(()))));
+    let counts = tokio::time::timeout(Duration::from_secs(2), store.sync_counts()).await;
+    let Ok(Ok(counts)) = counts else {
+        tracing::warn!("cannot read the outbox for metrics");
+        return;
+    };
+    for tenant in tenants {
+        let mut oldest = 0.0f64;
+        for state in ["pending", "leased", "done", "dead"] {
+            let row = counts
+                .iter()
+                .find(|c| &c.tenant_id == tenant && c.state == state);
+            metrics::sync_users(tenant, state, row.map(|r| r.users).unwrap_or(0));
+            if matches!(state, "pending" | "leased")
+                && let Some(age) = row.and_then(|r| r.oldest_pending_secs)
+            {
+                oldest = oldest.max(age);
+            }
+        }
+        metrics::oldest_pending(tenant, oldest);
     }
 }
 

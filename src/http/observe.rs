@@ -76,6 +76,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
             tracing::info!(status, latency_ms = ms, "request finished");
         }
     });
+    crate::telemetry::metrics::http_request(&route, &method, status, seconds);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }

@@ -121,8 +121,9 @@ pub trait UserStore: Send + Sync + 'static {
     ) -> Result<StoredUser>;
     /// Make the user disappear for SCIM and leave a tombstone for delivery.
     async fn delete(&self, tenant: &str, id: Uuid, if_match: Option<&IfMatch>) -> Result<()>;
-    /// Is the database reachable?
-    async fn ping(&self) -> Result<()>;
+    /// Ready to serve: the database answers and every migration is applied. The
+    /// message says what is wrong.
+    async fn ready(&self) -> Result<(), String>;
 }
 
 #[cfg(test)]

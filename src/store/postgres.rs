@@ -119,6 +119,8 @@ macro_rules! mark_pending {
             "s AS (
     UPDATE sync_state SET desired_version = u.version,
         state = CASE WHEN sync_state.state = 'leased' THEN 'leased' ELSE 'pending' END,
+        pending_since = CASE WHEN sync_state.state IN ('pending', 'leased')
+                             THEN coalesce(sync_state.pending_since, now()) ELSE now() END,
         attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now(),
         pending_password = ",
             $password,
@@ -249,7 +251,27 @@ fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<Query
     Ok(qb)
 }
 
+/// Users per tenant and delivery state, with the age of the oldest undelivered change.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SyncCount {
+    pub tenant_id: String,
+    pub state: String,
+    pub users: i64,
+    pub oldest_pending_secs: Option<f64>,
+}
+
 impl PgStore {
+    /// For the metrics: one pass over the outbox, grouped.
+    pub async fn sync_counts(&self) -> Result<Vec<SyncCount>> {
+        Ok(sqlx::query_as(
+            "SELECT tenant_id, state, count(*) AS users,
+                    EXTRACT(EPOCH FROM now() - min(pending_since))::float8 AS oldest_pending_secs
+             FROM sync_state GROUP BY tenant_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The plan Postgres chooses for a list query (`EXPLAIN`, optionally `ANALYZE`),
     /// for checking index use in tests and benchmarks.
     pub async fn explain_list(&self, tenant: &str, q: &ListQuery, analyze: bool) -> Result<String> {
@@ -380,8 +402,19 @@ impl UserStore for PgStore {
         }
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    async fn ready(&self) -> Result<(), String> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("the database does not answer: {e}"))?;
+        let missing = MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        if missing > 0 {
+            return Err(format!("{missing} migration(s) not applied"));
+        }
         Ok(())
     }
 }

@@ -127,6 +127,7 @@ const SYNCED_SQL: &str = concat!(
     UPDATE sync_state SET
         synced_version = GREATEST(synced_version, $4),
         state = CASE WHEN desired_version > $4 THEN 'pending' ELSE 'done' END,
+        pending_since = CASE WHEN desired_version > $4 THEN pending_since ELSE NULL END,
         attempts = CASE WHEN desired_version > $4 THEN attempts ELSE 0 END,
         next_attempt_at = now(), last_error = NULL,
         lease_owner = NULL, lease_until = NULL, lease_token = NULL,
@@ -145,6 +146,7 @@ const RETRY_SQL: &str = concat!(
     "u AS (
     UPDATE sync_state SET
         state = CASE WHEN $16 THEN 'dead' ELSE 'pending' END,
+        pending_since = CASE WHEN $16 THEN NULL ELSE pending_since END,
         attempts = attempts + 1,
         next_attempt_at = now() + make_interval(secs => $17),
         last_error = $18,
@@ -212,13 +214,14 @@ impl Worker {
         let owner = this_owner();
         let mut tenants = HashMap::new();
         for t in &settings.tenants {
+            crate::telemetry::metrics::register_tenant(&t.id);
             let shared: Arc<dyn SessionStore> = Arc::new(PgSessionStore::new(
                 pool.clone(),
                 cipher.clone(),
                 &t.id,
                 &owner,
             ));
-            let client = AmeyoClient::new(&t.ameyo, Some(shared))
+            let client = AmeyoClient::new(&t.id, &t.ameyo, Some(shared))
                 .map_err(|e| format!("tenant {}: {e}", t.id))?;
             let mapper = Mapper::new(&t.ameyo.mapping, t.ameyo.contact_center_id)
                 .map_err(|e| format!("tenant {}: {e}", t.id))?;
@@ -394,6 +397,14 @@ impl Worker {
                 Err(e) => tracing::warn!(error = %e, "cannot record the delivery outcome; the lease will expire and it will run again"),
             }
             let ms = started.elapsed().as_millis() as u64;
+            let action = action_of(&log);
+            let label = match &outcome {
+                Outcome::Synced | Outcome::Removed => "ok",
+                Outcome::Retry(_) => "retry",
+                Outcome::Dead(_) => "dead",
+                Outcome::LostLease => "lost_lease",
+            };
+            crate::telemetry::metrics::delivery(&c.tenant_id, action, label);
             match &outcome {
                 Outcome::Synced => tracing::info!(calls = log.len(), ms, "delivered"),
                 Outcome::Removed => tracing::info!(calls = log.len(), ms, "removed from Ameyo"),
@@ -806,6 +817,24 @@ impl Worker {
             Outcome::LostLease => 0,
         };
         Ok(n == 1)
+    }
+}
+
+/// What a delivery did in Ameyo, for metrics: the most significant call it made.
+fn action_of(log: &[CallRecord]) -> &'static str {
+    let made = |c: &str| log.iter().any(|r| r.call == c);
+    if made("delete") {
+        "delete"
+    } else if made("create") {
+        "create"
+    } else if made("end_sessions") {
+        "lock"
+    } else if made("update") {
+        "update"
+    } else if made("list") {
+        "link"
+    } else {
+        "none"
     }
 }
 

@@ -145,6 +145,7 @@ pub async fn app(pool: PgPool) -> TestApp {
 }
 
 pub async fn app_with(pool: PgPool, settings: Settings) -> TestApp {
+    ameyo_scim::telemetry::metrics::install();
     let key = settings.password_key().expect("key");
     let store = PgStore::new(pool.clone(), PasswordCipher::new(&key));
     let state = AppState::new(&settings, Arc::new(store)).expect("state");
@@ -277,6 +278,7 @@ pub struct SyncApp {
     pub app: TestApp,
     pub worker: std::sync::Arc<ameyo_scim::sync::Worker>,
     pub emulator: ameyo_scim::ameyo::emulator::Emulator,
+    pub emulator_addr: std::net::SocketAddr,
 }
 
 /// Fast retries so tests can watch a backoff play out.
@@ -309,10 +311,15 @@ pub async fn sync_app_with(
         app: app_with(pool, settings).await,
         worker: std::sync::Arc::new(worker),
         emulator,
+        emulator_addr: addr,
     }
 }
 
 impl SyncApp {
+    pub fn emulator_url(&self) -> String {
+        format!("http://{}", self.emulator_addr)
+    }
+
     /// Deliver until every user is done or dead (waiting out retry delays), or panic
     /// after `limit`.
     pub async fn drain(&self, limit: Duration) {

@@ -1,6 +1,10 @@
-//! Logging: a `tracing` subscriber writing human-readable or JSON lines to stderr.
+//! Logging (a `tracing` subscriber writing human-readable or JSON lines to stderr)
+//! and metrics.
 
 use tracing_subscriber::EnvFilter;
+
+/// The commit this binary was built from (`AMEYO_SCIM_COMMIT` at build time, else git).
+pub const COMMIT: &str = env!("AMEYO_SCIM_COMMIT");
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -18,3 +22,4 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+pub mod metrics;
