@@ -505,7 +505,7 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
     assert_eq!(pending, 0, "delivered passwords are erased");
 
     // Graceful stop, then read everything it logged.
-    unsafe_sigterm(&serve.child);
+    sigterm(&serve.child);
     let _ = serve.child.wait();
     let logs = serve.logs();
     assert!(logs.contains("delivered"), "the flow was logged:\n{logs}");
@@ -567,7 +567,7 @@ async fn dump_database(pool: &PgPool) -> String {
     out
 }
 
-fn unsafe_sigterm(child: &Child) {
+fn sigterm(child: &Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -577,4 +577,77 @@ fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ameyo-scim-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn sigterm_lets_an_in_flight_delivery_finish(pool: PgPool) {
+    // Each Ameyo call takes 1.5 s, so the delivery (login, then create) is surely in
+    // flight when the signal comes.
+    let (emulator, addr) = Emulator::spawn(EmulatorOptions {
+        faults: Faults {
+            latency_ms: 1500,
+            ..Faults::default()
+        },
+        ..EmulatorOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempdir();
+    let db = database_url(&pool).await;
+    let port = free_port();
+    let config = write_config(&dir, port, &db, &format!("http://{addr}"), "");
+    let mut serve = start(&config, port, &dir, "graceful").await;
+    let http = reqwest::Client::new();
+    let (status, _) = scim(
+        &http,
+        reqwest::Method::POST,
+        serve.url("/scim/v2/Users"),
+        Some(json!({"userName": "inflight@example.com"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let started = Instant::now();
+    while count(
+        &pool,
+        "SELECT count(*) FROM sync_state WHERE state = 'leased'",
+    )
+    .await
+        == 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&serve.child);
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = serve.child.wait();
+        (status, serve)
+    })
+    .await
+    .unwrap();
+    let (status, serve) = exited;
+    assert!(
+        status.expect("wait").success(),
+        "exit 0 after SIGTERM:\n{}",
+        serve.logs()
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sync_state WHERE state = 'done'"
+        )
+        .await,
+        1,
+        "{}",
+        serve.logs()
+    );
+    assert!(
+        emulator
+            .users()
+            .iter()
+            .any(|u| u["userId"] == "inflight@example.com")
+    );
+    let logs = serve.logs();
+    assert!(logs.contains("finishing in-flight"), "{logs}");
+    assert!(logs.contains("sync worker stopped"), "{logs}");
 }

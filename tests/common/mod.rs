@@ -299,6 +299,7 @@ pub async fn sync_app_with(
     options: ameyo_scim::ameyo::emulator::EmulatorOptions,
     tweak: impl FnOnce(&mut Settings),
 ) -> SyncApp {
+    ameyo_scim::telemetry::metrics::install();
     let (emulator, addr) = ameyo_scim::ameyo::emulator::Emulator::spawn(options)
         .await
         .expect("emulator");
