@@ -74,6 +74,7 @@ CREATE TABLE sync_state (
 CREATE INDEX sync_state_due ON sync_state (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX sync_state_lease ON sync_state (lease_until) WHERE state = 'leased';
 CREATE INDEX sync_state_tenant_state ON sync_state (tenant_id, state);
+CREATE INDEX sync_state_ameyo_user ON sync_state (tenant_id, ameyo_user_id);
 
 -- Every Ameyo call the worker made, for operators. Pruned after sync.attempt_retention_days.
 CREATE TABLE sync_attempts (

@@ -51,6 +51,8 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // First, so that series registered at start-up (per-tenant zeros) are recorded.
+    crate::telemetry::metrics::install();
     let store = migrate(&settings).await?;
     let worker = if settings.sync.enabled {
         Some(Arc::new(
@@ -61,7 +63,6 @@ pub async fn serve_with_listener(
         tracing::warn!("sync.enabled is false: changes are stored but not delivered to Ameyo");
         None
     };
-    crate::telemetry::metrics::install();
     let store = Arc::new(store);
     let metrics_task = match settings.server.metrics_listen {
         Some(addr) => {

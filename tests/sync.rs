@@ -440,3 +440,46 @@ async fn an_existing_ameyo_user_is_linked_not_duplicated(pool: PgPool) {
             .unwrap();
     assert_eq!(linked.as_deref(), Some("legacy@example.com"));
 }
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave(pool: PgPool) {
+    let s = sync_app(pool).await;
+    let old = s.app.create_named("again@example.com").await;
+    s.drain(LIMIT).await;
+    // Ameyo is down while the IdP deletes the user and creates it anew.
+    s.emulator.set_faults(Faults {
+        outage: Some(Outage::Unavailable),
+        ..Faults::default()
+    });
+    assert_eq!(
+        s.app.delete(&format!("/scim/v2/Users/{old}")).await.status,
+        204
+    );
+    let new = s.app.create_named("again@example.com").await;
+    assert_ne!(old, new);
+    s.worker.run_until_idle().await.unwrap();
+    s.emulator.set_faults(Faults::default());
+    s.drain(LIMIT).await;
+    // The old user's delete went first; the new one is in Ameyo and linked.
+    let calls: Vec<String> = s
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.status == 200 && r.path.contains("again@example.com")
+                || r.path == "cc/contactCenterUsers" && r.status == 200
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let delete = calls
+        .iter()
+        .rposition(|c| c.starts_with("DELETE"))
+        .expect("deleted");
+    let create = calls
+        .iter()
+        .rposition(|c| c.starts_with("POST"))
+        .expect("created");
+    assert!(delete < create, "{calls:?}");
+    assert!(s.ameyo_user("again@example.com").is_some());
+    assert_eq!(s.sync_row(&new).await.0, "done");
+}

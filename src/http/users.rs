@@ -12,7 +12,7 @@ use crate::scim::filter::{self, AttrPath};
 use crate::scim::projection::Projection;
 use crate::scim::resource::{self, StoredUser, parse_user};
 use crate::scim::{ScimError, patch as scim_patch, schema};
-use crate::store::{IfMatch, ListQuery};
+use crate::store::{Change, IfMatch, ListQuery};
 
 /// The query parameters SCIM defines, by name, case-insensitively.
 #[derive(Default)]
@@ -304,26 +304,23 @@ pub async fn replace(
     RawQuery(query): RawQuery,
     ScimBody(body): ScimBody,
 ) -> ApiResult<Response> {
-    let projection = Params::parse(query.as_deref()).projection()?;
-    let id = user_id(&id)?;
     let input = parse_user(body)?;
-    let precondition = if_match(&headers);
-    let user = state
-        .store()
-        .update(tenant.id(), id, precondition.as_ref(), &|current| {
-            if input.password.is_none() && input.resource == current.resource {
-                return Ok(None);
-            }
-            Ok(Some(input.clone()))
-        })
-        .await?;
-    tracing::info!(tenant = tenant.id(), user_id = %id, version = user.version, "user replaced");
-    Ok(user_response(
-        StatusCode::OK,
-        &user,
-        &state.base_url(&headers),
-        &projection,
-    ))
+    let change = |current: &StoredUser| {
+        if input.password.is_none() && input.resource == current.resource {
+            return Ok(None);
+        }
+        Ok(Some(input.clone()))
+    };
+    write(
+        &state,
+        &tenant,
+        &headers,
+        &id,
+        query.as_deref(),
+        "user replaced",
+        &change,
+    )
+    .await
 }
 
 pub async fn patch(
@@ -334,21 +331,41 @@ pub async fn patch(
     RawQuery(query): RawQuery,
     ScimBody(body): ScimBody,
 ) -> ApiResult<Response> {
-    let projection = Params::parse(query.as_deref()).projection()?;
-    let id = user_id(&id)?;
     let ops = scim_patch::parse_request(body)?;
-    let precondition = if_match(&headers);
+    let change = |current: &StoredUser| scim_patch::patch_user(&current.resource, ops.clone());
+    write(
+        &state,
+        &tenant,
+        &headers,
+        &id,
+        query.as_deref(),
+        "user patched",
+        &change,
+    )
+    .await
+}
+
+/// PUT and PATCH: a read-modify-write of one user, honouring If-Match.
+async fn write(
+    state: &AppState,
+    tenant: &TenantExt,
+    headers: &HeaderMap,
+    id: &str,
+    query: Option<&str>,
+    what: &'static str,
+    change: &Change<'_>,
+) -> ApiResult<Response> {
+    let projection = Params::parse(query).projection()?;
+    let id = user_id(id)?;
     let user = state
         .store()
-        .update(tenant.id(), id, precondition.as_ref(), &|current| {
-            scim_patch::patch_user(&current.resource, ops.clone())
-        })
+        .update(tenant.id(), id, if_match(headers).as_ref(), change)
         .await?;
-    tracing::info!(tenant = tenant.id(), user_id = %id, version = user.version, "user patched");
+    tracing::info!(tenant = tenant.id(), user_id = %id, version = user.version, "{what}");
     Ok(user_response(
         StatusCode::OK,
         &user,
-        &state.base_url(&headers),
+        &state.base_url(headers),
         &projection,
     ))
 }

@@ -115,13 +115,7 @@ pub fn parse(input: &str) -> Result<Filter> {
             "filter is longer than {MAX_FILTER_LEN} bytes"
         )));
     }
-    let tokens = lex(input).map_err(ScimError::invalid_filter)?;
-    let mut p = Parser {
-        tokens,
-        pos: 0,
-        depth: 0,
-        terms: 0,
-    };
+    let mut p = Parser::new(lex(input).map_err(ScimError::invalid_filter)?);
     let f = p.filter(None).map_err(ScimError::invalid_filter)?;
     if let Some(t) = p.peek() {
         return Err(ScimError::invalid_filter(format!(
@@ -160,13 +154,7 @@ pub fn parse_patch_path(input: &str) -> Result<PatchPath> {
     if let Some(ext) = schema::extension(input) {
         return Ok(PatchPath::Extension(ext));
     }
-    let tokens = lex(input).map_err(ScimError::invalid_path)?;
-    let mut p = Parser {
-        tokens,
-        pos: 0,
-        depth: 0,
-        terms: 0,
-    };
+    let mut p = Parser::new(lex(input).map_err(ScimError::invalid_path)?);
     let path = p.patch_path().map_err(ScimError::invalid_path)?;
     if let Some(t) = p.peek() {
         return Err(ScimError::invalid_path(format!(
@@ -287,6 +275,15 @@ struct Parser {
 type PResult<T> = std::result::Result<T, String>;
 
 impl Parser {
+    fn new(tokens: Vec<Token>) -> Self {
+        Self {
+            tokens,
+            pos: 0,
+            depth: 0,
+            terms: 0,
+        }
+    }
+
     fn peek(&self) -> Option<&Token> {
         self.tokens.get(self.pos)
     }

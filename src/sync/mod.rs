@@ -104,6 +104,12 @@ RETURNING s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
           s.ameyo_locked, s.last_pushed, u.resource, u.version, u.active,
           (u.deleted_at IS NOT NULL) AS deleted";
 
+const PREDECESSOR_SQL: &str = "
+SELECT 1 FROM sync_state s JOIN users u ON u.id = s.user_id
+WHERE s.tenant_id = $1 AND s.ameyo_user_id = $2 AND s.user_id <> $3
+  AND u.deleted_at IS NOT NULL
+LIMIT 1";
+
 const MARK_CREATE_SQL: &str = "
 UPDATE sync_state SET create_attempted = true, updated_at = now()
 WHERE user_id = $1 AND lease_token = $2";
@@ -639,6 +645,25 @@ impl Worker {
                 Err(e) => return Ok(Outcome::Dead(e.0)),
             };
             let mapped = tenant.mapper.map(resource, &id);
+            // A deleted user with the same Ameyo userId (re-created under the same
+            // userName) must leave Ameyo first, or its delete would remove this one.
+            let predecessor: Option<i32> = sqlx::query_scalar(PREDECESSOR_SQL)
+                .bind(&c.tenant_id)
+                .bind(&id)
+                .bind(c.user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| CallError::transient(format!("database: {e}")))?;
+            if predecessor.is_some() {
+                return Err(CallError::Transient {
+                    reason:
+                        "waiting for a deleted user with the same Ameyo userId to be removed first"
+                            .into(),
+                    retry_after: None,
+                    status: None,
+                    maybe_applied: false,
+                });
+            }
             // Record the intent before sending: if we never hear back (timeout, crash),
             // the next attempt looks the user up instead of creating it twice.
             let marked = sqlx::query(MARK_CREATE_SQL)
