@@ -466,8 +466,8 @@ async fn a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave(poo
         .requests()
         .iter()
         .filter(|r| {
-            r.status == 200 && r.path.contains("again@example.com")
-                || r.path == "cc/contactCenterUsers" && r.status == 200
+            r.status == 200
+                && (r.path.contains("again@example.com") || r.path == "cc/contactCenterUsers")
         })
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
