@@ -86,6 +86,7 @@ where
     while let Some(r) = set.join_next().await {
         latencies.push(r.expect("task"));
     }
+    eprintln!("{name}: {n} in {:.1}s", started.elapsed().as_secs_f64());
     Stats {
         name: name.into(),
         n,
@@ -179,11 +180,14 @@ login_password = "bench"
     let mut rows = Vec::new();
 
     macro_rules! get {
-        ($name:expr, $url:expr) => {{
+        ($name:expr, $url:expr) => {
+            get!($name, $url, n)
+        };
+        ($name:expr, $url:expr, $n:expr) => {{
             let (http, scim) = (http.clone(), scim.clone());
             let url_of = Arc::new($url);
             rows.push(
-                run($name, n, args.concurrency, move |i| {
+                run($name, $n, args.concurrency, move |i| {
                     let (http, scim) = (http.clone(), scim.clone());
                     let k = (i * 7919) % users + 1;
                     let url = url_of(&scim, k, i);

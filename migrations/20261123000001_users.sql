@@ -66,8 +66,12 @@ CREATE TABLE sync_state (
     ameyo_user_id    text,
     cc_user_id       bigint,
     create_attempted boolean     NOT NULL DEFAULT false,
+    -- The userId that create was for (the user may be renamed before it is confirmed).
+    intended_user_id text,
     ameyo_locked     boolean     NOT NULL DEFAULT false,
     last_pushed      jsonb,
+    -- An operator asked for the full state to be pushed again.
+    resync_requested boolean     NOT NULL DEFAULT false,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
@@ -75,6 +79,8 @@ CREATE INDEX sync_state_due ON sync_state (next_attempt_at) WHERE state = 'pendi
 CREATE INDEX sync_state_lease ON sync_state (lease_until) WHERE state = 'leased';
 CREATE INDEX sync_state_tenant_state ON sync_state (tenant_id, state);
 CREATE INDEX sync_state_ameyo_user ON sync_state (tenant_id, ameyo_user_id);
+CREATE INDEX sync_state_intended_user ON sync_state (tenant_id, intended_user_id)
+    WHERE intended_user_id IS NOT NULL;
 
 -- Every Ameyo call the worker made, for operators. Pruned after sync.attempt_retention_days.
 CREATE TABLE sync_attempts (

@@ -189,8 +189,10 @@ pub async fn resync(
         anyhow::bail!("name a user or a tenant");
     }
     let n = sqlx::query(
+        // A leased row finishes its delivery first, then goes round again.
         "UPDATE sync_state SET
             state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
+            resync_requested = (state = 'leased'),
             last_pushed = NULL, attempts = 0, next_attempt_at = now(), last_error = NULL,
             pending_since = coalesce(pending_since, now()), updated_at = now()
          WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR tenant_id = $2)",
@@ -465,7 +467,8 @@ pub async fn reconcile(
         // Missing: forget the link so the worker creates the user again.
         report.queued += sqlx::query(
             "UPDATE sync_state SET ameyo_user_id = NULL, cc_user_id = NULL,
-                create_attempted = false, ameyo_locked = false, last_pushed = NULL,
+                create_attempted = false, intended_user_id = NULL, ameyo_locked = false,
+                last_pushed = NULL, resync_requested = (state = 'leased'),
                 state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
                 attempts = 0, next_attempt_at = now(), last_error = NULL,
                 pending_since = coalesce(pending_since, now()), updated_at = now()
@@ -477,7 +480,7 @@ pub async fn reconcile(
         .rows_affected();
         // Drifted: push the full current state again.
         report.queued += sqlx::query(
-            "UPDATE sync_state SET last_pushed = NULL,
+            "UPDATE sync_state SET last_pushed = NULL, resync_requested = (state = 'leased'),
                 state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
                 attempts = 0, next_attempt_at = now(), last_error = NULL,
                 pending_since = coalesce(pending_since, now()), updated_at = now()

@@ -466,16 +466,30 @@ fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S:
     }
 }
 
-/// A connection URL with its password replaced, for messages and `check-config`.
+/// A connection URL with its password replaced (in the user info and in a
+/// `password=` query parameter), for messages and `check-config`.
 pub fn redacted_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("REDACTED"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "REDACTED (unparseable url)".into(),
+    let Ok(mut u) = Url::parse(url) else {
+        return "REDACTED (unparseable url)".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("REDACTED"));
     }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "REDACTED".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// A configuration problem, with the key it concerns.
@@ -821,5 +835,9 @@ login_password = "ameyo-admin-password"
             "postgres://u:REDACTED@h:5432/d"
         );
         assert_eq!(redacted_url("postgres://h/d"), "postgres://h/d");
+        assert_eq!(
+            redacted_url("postgres://u@h/d?sslmode=require&password=S3cret"),
+            "postgres://u@h/d?sslmode=require&password=REDACTED"
+        );
     }
 }

@@ -1161,3 +1161,36 @@ async fn a_request_past_its_deadline_gets_a_scim_503(pool: PgPool) {
     assert_eq!(r.header("retry-after"), Some("1"));
     tx.rollback().await.unwrap();
 }
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn request_ids_are_honoured_or_made_and_echoed(pool: PgPool) {
+    let app = app(pool).await;
+    let with_id = |id: &str| {
+        Request::get("/scim/v2/Users")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN_A}"))
+            .header("x-request-id", id)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let r = app.send(with_id("okta-7f3a-42")).await;
+    assert_eq!(r.header("x-request-id"), Some("okta-7f3a-42"));
+    // Absent, too long or with spaces: a fresh UUID instead.
+    for bad in [None, Some("x".repeat(200)), Some("has space".to_string())] {
+        let r = match &bad {
+            Some(id) => app.send(with_id(id)).await,
+            None => app.get("/scim/v2/Users").await,
+        };
+        let got = r.header("x-request-id").expect("always echoed");
+        assert!(uuid::Uuid::parse_str(got).is_ok(), "{bad:?} -> {got}");
+    }
+    // Errors carry it too.
+    let r = app
+        .send(
+            Request::get("/nowhere")
+                .header("x-request-id", "err-1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("err-1"));
+}

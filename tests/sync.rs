@@ -483,3 +483,193 @@ async fn a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave(poo
     assert!(s.ameyo_user("again@example.com").is_some());
     assert_eq!(s.sync_row(&new).await.0, "done");
 }
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_newer_version_is_not_dead_lettered_with_the_one_that_failed(pool: PgPool) {
+    let s = sync_app(pool).await;
+    s.emulator.set_faults(Faults {
+        reject_user_ids: vec!["bad@example.com".into()],
+        latency_ms: 400,
+        ..Faults::default()
+    });
+    let id = s.app.create_named("bad@example.com").await;
+    let worker = s.worker.clone();
+    let inflight = tokio::spawn(async move { worker.run_until_idle().await });
+    // While the doomed create is in flight, the IdP fixes the user.
+    let started = std::time::Instant::now();
+    while s.sync_row(&id).await.0 != "leased" {
+        assert!(started.elapsed() < LIMIT);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = s
+        .app
+        .put(
+            &format!("/scim/v2/Users/{id}"),
+            json!({"userName": "good@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    inflight.await.unwrap().unwrap();
+    s.emulator.set_faults(Faults::default());
+    s.drain(LIMIT).await;
+    assert_eq!(s.sync_row(&id).await.0, "done");
+    assert!(s.ameyo_user("good@example.com").is_some());
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
+    let s = sync_app(pool).await;
+    s.emulator.set_faults(Faults {
+        outage: Some(Outage::Unavailable),
+        ..Faults::default()
+    });
+    let id = s.app.create_named("ann@example.com").await;
+    s.worker.run_until_idle().await.unwrap();
+    // As if the create had reached Ameyo but its answer was lost (a crash right after
+    // sending it leaves exactly this row)...
+    sqlx::query("UPDATE sync_state SET create_attempted = true, intended_user_id = 'ann@example.com' WHERE user_id = $1::uuid")
+        .bind(&id)
+        .execute(&s.app.pool)
+        .await
+        .unwrap();
+    s.emulator.set_faults(Faults::default());
+    s.emulator.add_user(
+        json!({"userId": "ann@example.com", "userType": "Agent", "userName": "ann",
+        "systemUserType": "Agent", "contactCenterId": 1}),
+    );
+    // ...and the IdP renamed the user before the next attempt.
+    s.app
+        .patch(
+            &format!("/scim/v2/Users/{id}"),
+            patch(json!([{"op": "replace", "path": "userName", "value": "ann2@example.com"}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert_eq!(
+        s.emulator.users().len(),
+        1,
+        "no second account: {:?}",
+        s.emulator.users()
+    );
+    let linked: Option<String> =
+        sqlx::query_scalar("SELECT ameyo_user_id FROM sync_state WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        linked.as_deref(),
+        Some("ann@example.com"),
+        "the userId is fixed once it exists"
+    );
+    assert_eq!(
+        s.ameyo_user("ann@example.com").unwrap()["userName"],
+        json!("ann2@example.com")
+    );
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_password_sent_while_deactivated_waits_for_reactivation(pool: PgPool) {
+    let s = sync_app(pool).await;
+    let id = s.app.create_named("pw-later@example.com").await;
+    let uri = format!("/scim/v2/Users/{id}");
+    s.drain(LIMIT).await;
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "value": {"active": false}}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "value": {"password": "Kept-Pa55word!"}}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert_ne!(
+        s.emulator.user_data("pw-later@example.com").as_deref(),
+        Some("Kept-Pa55word!"),
+        "not while locked"
+    );
+    s.app
+        .patch(
+            &uri,
+            patch(json!([{"op": "replace", "value": {"active": true}}])),
+        )
+        .await;
+    s.drain(LIMIT).await;
+    assert_eq!(
+        s.emulator.user_data("pw-later@example.com").as_deref(),
+        Some("Kept-Pa55word!")
+    );
+    let pending: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pending_password FROM sync_state WHERE user_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+    assert!(pending.is_none());
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn colliding_ameyo_userids_dead_letter_instead_of_taking_over(pool: PgPool) {
+    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+        for t in &mut st.tenants {
+            t.ameyo.mapping.user_id_transforms =
+                vec![ameyo_scim::config::UserIdTransform::EmailLocalPart];
+        }
+    })
+    .await;
+    let first = s.app.create_named("ann@a.example").await;
+    s.drain(LIMIT).await;
+    let second = s.app.create_named("ann@b.example").await;
+    s.drain(LIMIT).await;
+    assert_eq!(s.sync_row(&first).await.0, "done");
+    let (state, _, err) = s.sync_row(&second).await;
+    assert_eq!(state, "dead");
+    assert!(err.unwrap().contains("already belongs to another user"));
+    assert_eq!(
+        s.ameyo_user("ann").unwrap()["userName"],
+        json!("ann@a.example"),
+        "untouched"
+    );
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_new_password_key_logs_in_afresh(pool: PgPool) {
+    let s = sync_app(pool.clone()).await;
+    let id = s.app.create_named("rekey@example.com").await;
+    s.drain(LIMIT).await;
+    // Restart with another key: the stored session cannot be opened.
+    let mut settings = sync_settings(&s.emulator_url());
+    settings.sync.password_key = Some(
+        "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="
+            .to_string()
+            .into(),
+    );
+    let key = settings.password_key().unwrap();
+    let worker = std::sync::Arc::new(
+        ameyo_scim::sync::Worker::new(
+            &settings,
+            pool.clone(),
+            ameyo_scim::store::password::PasswordCipher::new(&key),
+        )
+        .unwrap(),
+    );
+    s.app
+        .patch(
+            &format!("/scim/v2/Users/{id}"),
+            patch(json!([{"op": "replace", "path": "displayName", "value": "Rekeyed"}])),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    worker.run_until_idle().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no wait for a session nobody can open"
+    );
+    assert_eq!(s.sync_row(&id).await.0, "done");
+    assert_eq!(s.emulator.login_count(), 2);
+}

@@ -82,8 +82,9 @@ pub struct ListedUser {
 /// would end each other's sessions forever; instead one logs in and all adopt it.
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync {
-    /// The shared session and its generation, if there is one.
-    async fn load(&self) -> Result<Option<(SecretString, u64)>, String>;
+    /// The shared session (if there is one this process can use) and the current
+    /// generation (0: none ever published).
+    async fn load(&self) -> Result<(Option<SecretString>, u64), String>;
     /// Take the login lease if no session newer than `seen` exists and no one else holds
     /// the lease. `true`: this process logs in now.
     async fn begin_login(&self, seen: u64) -> Result<bool, String>;
@@ -381,12 +382,18 @@ impl AmeyoClient {
         let store_err = |e: String| CallError::transient(format!("shared session: {e}"));
         let started = Instant::now();
         loop {
-            if let Some((id, generation)) = shared.load().await.map_err(store_err)?
+            let (id, generation) = shared.load().await.map_err(store_err)?;
+            if let Some(id) = id
                 && generation > seen
             {
                 return Ok((id, generation));
             }
-            if shared.begin_login(seen).await.map_err(store_err)? {
+            // A newer session we cannot use (sealed with an older key) is replaced too.
+            if shared
+                .begin_login(seen.max(generation))
+                .await
+                .map_err(store_err)?
+            {
                 return match self.login(log).await {
                     Ok(id) => {
                         let generation = shared.publish(&id).await.map_err(store_err)?;

@@ -204,9 +204,8 @@ fn apply_one(p: &mut Patched, op: PatchOp) -> Result<()> {
                             ext.id
                         )));
                     };
-                    if kind == OpKind::Replace {
-                        p.resource.remove(ext.id);
-                    }
+                    // Like a complex attribute, an extension named by a replace keeps the
+                    // sub-attributes the value does not mention (RFC 7644 §3.5.2.3).
                     for (k, v) in attrs {
                         if let Some(def) = schema::find(ext.attributes, &k) {
                             let attr = AttrRef {
@@ -739,6 +738,24 @@ mod tests {
         // path-less add of an extension object
         let r = patched(json!([{"op": "add", "value": {ENTERPRISE_USER: {"department": "Ops"}}}]));
         assert_eq!(r[ENTERPRISE_USER], json!({"department": "Ops"}));
+        // replace of an extension keeps what the value does not mention
+        let with_ext = patch_user(
+            &base(),
+            parse_request(json!({"Operations": [{"op": "add", "value": {ENTERPRISE_USER: {"department": "Ops", "employeeNumber": "7"}}}]})).unwrap(),
+        )
+        .unwrap()
+        .unwrap()
+        .resource;
+        let r = patch_user(
+            &with_ext,
+            parse_request(json!({"Operations": [{"op": "replace", "value": {ENTERPRISE_USER: {"department": "Sales"}}}]})).unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            Value::Object(r.resource)[ENTERPRISE_USER],
+            json!({"department": "Sales", "employeeNumber": "7"})
+        );
         // an unchanged result is reported as no change
         assert!(
             patch(json!([{"op": "replace", "path": "active", "value": true}]))

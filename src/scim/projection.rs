@@ -76,6 +76,12 @@ impl Projection {
             for sel in &self.include {
                 copy(&full, &mut out, *sel);
             }
+            drop_empty_elements(&mut out);
+            for ext in schema::EXTENSIONS {
+                if let Some(Value::Object(m)) = out.get_mut(ext.id) {
+                    drop_empty_elements(m);
+                }
+            }
             out
         };
         fix_schemas(&mut out);
@@ -97,12 +103,30 @@ fn only_sub(v: &Value, sub: &str) -> Option<Value> {
             m.insert(sub.to_string(), s.clone());
             Value::Object(m)
         }),
-        Value::Array(items) => {
-            let kept: Vec<Value> = items.iter().filter_map(|i| only_sub(i, sub)).collect();
-            (!kept.is_empty()).then_some(Value::Array(kept))
-        }
+        // Positions are kept (an element without the sub-attribute becomes `{}`), so a
+        // second sub-attribute of the same attribute merges into the right element;
+        // `drop_empty_elements` tidies up at the end.
+        Value::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .map(|i| only_sub(i, sub).unwrap_or_else(|| Value::Object(Map::new())))
+                .collect(),
+        )),
         _ => None,
     }
+}
+
+/// Remove the `{}` placeholders sub-attribute selection leaves in lists, and lists
+/// left empty.
+fn drop_empty_elements(m: &mut Map<String, Value>) {
+    let is_empty_object = |v: &Value| v.as_object().is_some_and(Map::is_empty);
+    m.retain(|_, v| {
+        if let Value::Array(items) = v {
+            items.retain(|i| !is_empty_object(i));
+            return !items.is_empty();
+        }
+        true
+    });
 }
 
 fn copy(full: &Map<String, Value>, out: &mut Map<String, Value>, sel: Selector) {
@@ -245,6 +269,23 @@ mod tests {
             Value::Object(p.apply(full())),
             json!({"schemas": [USER, ENTERPRISE_USER], "id": "1", ENTERPRISE_USER: {"department": "D"}})
         );
+    }
+
+    #[test]
+    fn two_sub_attributes_of_a_list_stay_aligned() {
+        let mut f = full();
+        f.insert(
+            "emails".into(),
+            json!([{"type": "home", "value": "h@x"}, {"type": "work"}, {"display": "d"}]),
+        );
+        for q in ["emails.value,emails.type", "emails.type,emails.value"] {
+            let p = Projection::from_query(Some(q), None).unwrap();
+            assert_eq!(
+                p.apply(f.clone())["emails"],
+                json!([{"type": "home", "value": "h@x"}, {"type": "work"}]),
+                "{q}"
+            );
+        }
     }
 
     #[test]

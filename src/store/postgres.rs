@@ -323,8 +323,14 @@ impl UserStore for PgStore {
     }
 
     async fn list(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
+        // Filters differ per request and their values steer the plan (an e-mail
+        // lookup must use its index), so these statements are planned each time with
+        // the real values instead of being cached with a generic plan.
         let mut count = count_query(tenant, q)?;
-        let count = count.build_query_scalar::<i64>().fetch_one(&self.pool);
+        let count = count
+            .build_query_scalar::<i64>()
+            .persistent(false)
+            .fetch_one(&self.pool);
         if q.count == 0 {
             return Ok(Page {
                 total: count.await? as u64,
@@ -334,7 +340,7 @@ impl UserStore for PgStore {
         // The page and the total on two connections at once: the page stops early
         // along an index, the count is an index-only scan where the filter allows.
         let mut page = page_query("", tenant, q)?;
-        let page = page.build().fetch_all(&self.pool);
+        let page = page.build().persistent(false).fetch_all(&self.pool);
         let (rows, total) = tokio::try_join!(page, count)?;
         let users = rows.iter().map(row_to_user).collect::<Result<Vec<_>>>()?;
         Ok(Page {

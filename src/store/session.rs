@@ -30,8 +30,7 @@ impl PgSessionStore {
     }
 }
 
-const LOAD_SQL: &str =
-    "SELECT sealed, generation FROM ameyo_sessions WHERE tenant_id = $1 AND sealed IS NOT NULL";
+const LOAD_SQL: &str = "SELECT sealed, generation FROM ameyo_sessions WHERE tenant_id = $1";
 
 /// The lease is taken only if nobody published a newer session and nobody else holds
 /// an unexpired lease; it lasts longer than one login call may take.
@@ -57,21 +56,18 @@ WHERE tenant_id = $1 AND login_owner = $2";
 
 #[async_trait]
 impl SessionStore for PgSessionStore {
-    async fn load(&self) -> Result<Option<(SecretString, u64)>, String> {
-        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(LOAD_SQL)
+    async fn load(&self) -> Result<(Option<SecretString>, u64), String> {
+        let row: Option<(Option<Vec<u8>>, i64)> = sqlx::query_as(LOAD_SQL)
             .bind(&self.tenant)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
         let Some((sealed, generation)) = row else {
-            return Ok(None);
+            return Ok((None, 0));
         };
         // A session sealed with another key is as good as none: log in afresh.
-        Ok(self
-            .cipher
-            .open(&self.aad(), &sealed)
-            .ok()
-            .map(|id| (id, generation as u64)))
+        let id = sealed.and_then(|s| self.cipher.open(&self.aad(), &s).ok());
+        Ok((id, generation.max(0) as u64))
     }
 
     async fn begin_login(&self, seen: u64) -> Result<bool, String> {

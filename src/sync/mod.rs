@@ -51,6 +51,7 @@ struct Claimed {
     attempts: i32,
     pending_password: Option<Vec<u8>>,
     create_attempted: bool,
+    intended_user_id: Option<String>,
     ameyo_user_id: Option<String>,
     cc_user_id: Option<i64>,
     ameyo_locked: bool,
@@ -67,6 +68,10 @@ struct Link {
     ameyo_user_id: Option<String>,
     cc_user_id: Option<i64>,
     create_attempted: bool,
+    /// The userId an unconfirmed create was for.
+    intended_user_id: Option<String>,
+    /// The IdP's pending password went out with a call that succeeded.
+    password_delivered: bool,
     locked: bool,
     last_pushed: Option<Value>,
 }
@@ -96,22 +101,26 @@ WITH due AS (
 )
 UPDATE sync_state s
 SET state = 'leased', lease_owner = $1, lease_token = gen_random_uuid(),
-    lease_until = now() + make_interval(secs => $2), updated_at = now()
+    lease_until = now() + make_interval(secs => $2), updated_at = now(),
+    resync_requested = false
 FROM due, users u
 WHERE s.user_id = due.user_id AND u.id = s.user_id
 RETURNING s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
-          s.create_attempted, s.ameyo_user_id, s.cc_user_id,
+          s.create_attempted, s.intended_user_id, s.ameyo_user_id, s.cc_user_id,
           s.ameyo_locked, s.last_pushed, u.resource, u.version, u.active,
           (u.deleted_at IS NOT NULL) AS deleted";
 
-const PREDECESSOR_SQL: &str = "
-SELECT 1 FROM sync_state s JOIN users u ON u.id = s.user_id
-WHERE s.tenant_id = $1 AND s.ameyo_user_id = $2 AND s.user_id <> $3
-  AND u.deleted_at IS NOT NULL
+/// Another SCIM user of the tenant that has (or may have) this Ameyo userId: `true`
+/// if it is a tombstone on its way out.
+const OWNER_SQL: &str = "
+SELECT u.deleted_at IS NOT NULL FROM sync_state s JOIN users u ON u.id = s.user_id
+WHERE s.tenant_id = $1 AND s.user_id <> $3
+  AND (s.ameyo_user_id = $2 OR s.intended_user_id = $2)
+ORDER BY 1 DESC
 LIMIT 1";
 
 const MARK_CREATE_SQL: &str = "
-UPDATE sync_state SET create_attempted = true, updated_at = now()
+UPDATE sync_state SET create_attempted = true, intended_user_id = $3, updated_at = now()
 WHERE user_id = $1 AND lease_token = $2";
 
 /// The attempt-log insert every outcome statement starts with ($1 user, $2 lease
@@ -132,15 +141,16 @@ const SYNCED_SQL: &str = concat!(
     "u AS (
     UPDATE sync_state SET
         synced_version = GREATEST(synced_version, $4),
-        state = CASE WHEN desired_version > $4 THEN 'pending' ELSE 'done' END,
-        pending_since = CASE WHEN desired_version > $4 THEN pending_since ELSE NULL END,
+        state = CASE WHEN desired_version > $4 OR resync_requested THEN 'pending' ELSE 'done' END,
+        pending_since = CASE WHEN desired_version > $4 OR resync_requested THEN pending_since ELSE NULL END,
         attempts = CASE WHEN desired_version > $4 THEN attempts ELSE 0 END,
         next_attempt_at = now(), last_error = NULL,
         lease_owner = NULL, lease_until = NULL, lease_token = NULL,
         ameyo_user_id = $11, cc_user_id = $12, create_attempted = $13, ameyo_locked = $14,
-        last_pushed = $15,
-        pending_password = CASE WHEN password_version <= $4 THEN NULL ELSE pending_password END,
-        password_version = CASE WHEN password_version <= $4 THEN NULL ELSE password_version END,
+        last_pushed = CASE WHEN resync_requested THEN NULL ELSE $15 END,
+        intended_user_id = $16,
+        pending_password = CASE WHEN $17 AND password_version <= $4 THEN NULL ELSE pending_password END,
+        password_version = CASE WHEN $17 AND password_version <= $4 THEN NULL ELSE password_version END,
         updated_at = now()
     WHERE user_id = $1 AND lease_token = $2
     RETURNING 1)
@@ -151,14 +161,18 @@ const RETRY_SQL: &str = concat!(
     log_attempts!(),
     "u AS (
     UPDATE sync_state SET
-        state = CASE WHEN $16 THEN 'dead' ELSE 'pending' END,
-        pending_since = CASE WHEN $16 THEN NULL ELSE pending_since END,
-        attempts = attempts + 1,
-        next_attempt_at = now() + make_interval(secs => $17),
-        last_error = $18,
+        -- A newer version written during this delivery deserves its own attempts:
+        -- only the version that failed is given up on.
+        state = CASE WHEN $17 AND desired_version <= $4 THEN 'dead' ELSE 'pending' END,
+        pending_since = CASE WHEN $17 AND desired_version <= $4 THEN NULL ELSE pending_since END,
+        attempts = CASE WHEN $17 AND desired_version > $4 THEN 0 ELSE attempts + 1 END,
+        next_attempt_at = CASE WHEN $17 AND desired_version > $4 THEN now()
+                               ELSE now() + make_interval(secs => $18) END,
+        last_error = $19,
         lease_owner = NULL, lease_until = NULL, lease_token = NULL,
         ameyo_user_id = $11, cc_user_id = $12, create_attempted = $13, ameyo_locked = $14,
-        last_pushed = $15,
+        last_pushed = CASE WHEN resync_requested THEN NULL ELSE $15 END,
+        intended_user_id = $16,
         updated_at = now()
     WHERE user_id = $1 AND lease_token = $2
     RETURNING 1)
@@ -379,6 +393,8 @@ impl Worker {
                 ameyo_user_id: c.ameyo_user_id.clone(),
                 cc_user_id: c.cc_user_id,
                 create_attempted: c.create_attempted,
+                intended_user_id: c.intended_user_id.clone(),
+                password_delivered: false,
                 locked: c.ameyo_locked,
                 last_pushed: c.last_pushed.clone(),
             };
@@ -445,7 +461,8 @@ impl Worker {
         };
         let resource = c.resource.as_object().cloned().unwrap_or_default();
         let result = if c.deleted {
-            self.deliver_delete(c, &tenant, &resource, link, log).await
+            self.deliver_delete(c, &tenant, &resource, link, log, secrets)
+                .await
         } else if !c.active {
             self.deliver_inactive(c, &tenant, &resource, link, log, secrets)
                 .await
@@ -482,8 +499,11 @@ impl Worker {
         if !link.create_attempted {
             return Ok(None);
         }
-        let Ok(expected) = tenant.mapper.user_id(resource) else {
-            return Ok(None);
+        // The id the unconfirmed create was for, even if the user was renamed since.
+        let expected = match (&link.intended_user_id, tenant.mapper.user_id(resource)) {
+            (Some(id), _) => id.clone(),
+            (None, Ok(id)) => id,
+            (None, Err(_)) => return Ok(None),
         };
         let cc_id = tenant.mapper.map(resource, &expected).contact_center_id;
         let found = tenant
@@ -502,6 +522,7 @@ impl Worker {
             None => {
                 // The earlier create never landed.
                 link.create_attempted = false;
+                link.intended_user_id = None;
                 Ok(None)
             }
         }
@@ -521,6 +542,7 @@ impl Worker {
         resource: &Map<String, Value>,
         link: &mut Link,
         log: &mut Vec<CallRecord>,
+        secrets: &mut Vec<String>,
     ) -> Result<Outcome, CallError> {
         let Some(user_id) = self.known_user_id(tenant, resource, link, log).await? else {
             return Ok(Outcome::Removed);
@@ -532,7 +554,7 @@ impl Worker {
             },
             OnDelete::Lock => {
                 if !link.locked {
-                    self.lock(tenant, resource, &user_id, link, log, &mut vec![])
+                    self.lock(tenant, resource, &user_id, link, log, secrets)
                         .await?;
                 }
                 Ok(Outcome::Removed)
@@ -645,30 +667,39 @@ impl Worker {
                 Err(e) => return Ok(Outcome::Dead(e.0)),
             };
             let mapped = tenant.mapper.map(resource, &id);
-            // A deleted user with the same Ameyo userId (re-created under the same
-            // userName) must leave Ameyo first, or its delete would remove this one.
-            let predecessor: Option<i32> = sqlx::query_scalar(PREDECESSOR_SQL)
+            // Another SCIM user with the same Ameyo userId: a deleted one (re-created
+            // under the same userName) must leave Ameyo first, or its delete would remove
+            // this one; a live one means the userId mapping collides.
+            let owner: Option<bool> = sqlx::query_scalar(OWNER_SQL)
                 .bind(&c.tenant_id)
                 .bind(&id)
                 .bind(c.user_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| CallError::transient(format!("database: {e}")))?;
-            if predecessor.is_some() {
-                return Err(CallError::Transient {
-                    reason:
-                        "waiting for a deleted user with the same Ameyo userId to be removed first"
-                            .into(),
-                    retry_after: None,
-                    status: None,
-                    maybe_applied: false,
-                });
+            match owner {
+                Some(true) => {
+                    return Err(CallError::Transient {
+                        reason: "waiting for a deleted user with the same Ameyo userId to be removed first".into(),
+                        retry_after: None,
+                        status: None,
+                        maybe_applied: false,
+                    });
+                }
+                Some(false) => {
+                    return Ok(Outcome::Dead(format!(
+                        "the Ameyo userId '{id}' already belongs to another user of this tenant; \
+                         change user_id_attribute or its transforms so userIds are unique"
+                    )));
+                }
+                None => {}
             }
             // Record the intent before sending: if we never hear back (timeout, crash),
             // the next attempt looks the user up instead of creating it twice.
             let marked = sqlx::query(MARK_CREATE_SQL)
                 .bind(c.user_id)
                 .bind(c.lease_token)
+                .bind(&id)
                 .execute(&self.pool)
                 .await
                 .map_err(|e| CallError::Transient {
@@ -681,6 +712,7 @@ impl Worker {
                 return Ok(Outcome::LostLease);
             }
             link.create_attempted = true;
+            link.intended_user_id = Some(id.clone());
             let user_data = password.clone().unwrap_or_else(random_secret);
             secrets.push(user_data.expose_secret().to_string());
             match tenant
@@ -694,8 +726,10 @@ impl Worker {
                 Ok(cc_user_id) => {
                     link.ameyo_user_id = Some(id);
                     link.cc_user_id = cc_user_id;
+                    link.intended_user_id = None;
                     link.locked = false;
                     link.last_pushed = Some(snapshot(&mapped));
+                    link.password_delivered = password.is_some();
                     return Ok(Outcome::Synced);
                 }
                 Err(CallError::AlreadyExists { .. }) => {
@@ -709,7 +743,20 @@ impl Worker {
                     }
                     link.last_pushed = None;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // A create that surely did not reach Ameyo needs no lookup next time.
+                    if matches!(
+                        e,
+                        CallError::Transient {
+                            maybe_applied: false,
+                            ..
+                        } | CallError::Permanent { .. }
+                    ) {
+                        link.create_attempted = false;
+                        link.intended_user_id = None;
+                    }
+                    return Err(e);
+                }
             }
         }
         let Some(user_id) = user_id else {
@@ -736,6 +783,7 @@ impl Worker {
             Ok(()) => {
                 link.locked = false;
                 link.last_pushed = Some(snapshot(&mapped));
+                link.password_delivered = password.is_some();
                 Ok(Outcome::Synced)
             }
             Err(CallError::NotFound { reason, status }) => {
@@ -806,6 +854,8 @@ impl Worker {
                     .bind(link.create_attempted)
                     .bind(link.locked)
                     .bind(&link.last_pushed)
+                    .bind(&link.intended_user_id)
+                    .bind(link.password_delivered)
                     .fetch_one(&self.pool)
                     .await?
             }
@@ -833,6 +883,7 @@ impl Worker {
                     .bind(link.create_attempted)
                     .bind(link.locked)
                     .bind(&link.last_pushed)
+                    .bind(&link.intended_user_id)
                     .bind(dead)
                     .bind(delay.as_secs_f64())
                     .bind(scrub(reason, secrets))
