@@ -32,12 +32,19 @@ CREATE TABLE users (
 -- operator class lets the same index serve `eq` and `sw`.
 CREATE UNIQUE INDEX users_tenant_user_name_key
     ON users (tenant_id, lower(user_name) text_pattern_ops) WHERE deleted_at IS NULL;
+-- Postgres keeps no statistics for expressions of partial indexes: without these it
+-- guesses 0.5% of the users match `lower(user_name) = ...` and, at a million users,
+-- walks the whole created-order index instead (1.2 s instead of 0.06 ms).
+CREATE STATISTICS users_lower_user_name ON (lower(user_name)) FROM users;
 CREATE INDEX users_tenant_external_id
     ON users (tenant_id, external_id) WHERE deleted_at IS NULL;
 CREATE INDEX users_tenant_created
     ON users (tenant_id, created, id) WHERE deleted_at IS NULL;
+-- fastupdate off: lookups must not scan a pending list that grows between vacuums
+-- (7 ms instead of 0.1 ms per lookup at 100k users); IdP write rates are low.
 CREATE INDEX users_emails
-    ON users USING gin (scim_email_values(resource)) WHERE deleted_at IS NULL;
+    ON users USING gin (scim_email_values(resource)) WITH (fastupdate = off)
+    WHERE deleted_at IS NULL;
 
 -- The outbox: one row per user, level-triggered. A SCIM write sets desired_version in
 -- the same transaction; the worker records synced_version once Ameyo has that state.

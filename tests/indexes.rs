@@ -90,6 +90,17 @@ async fn idp_lookups_use_their_indexes(pool: PgPool) {
             "{f}: sequential scan in plan:\n{plan}"
         );
     }
+    // The planner knows a userName matches one user (not 0.5% of them): at a million
+    // users a bad guess walks the whole created-order index instead.
+    let plan = store
+        .explain_list("a", &query(r#"userName eq "user42@example.com""#), false)
+        .await
+        .unwrap();
+    let index_line = plan
+        .lines()
+        .find(|l| l.contains("users_tenant_user_name_key"))
+        .unwrap();
+    assert!(index_line.contains("rows=1 "), "estimate: {index_line}");
     // And the answers are right.
     let analyzed = store
         .explain_list(

@@ -235,6 +235,18 @@ fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<Query
     let mut qb = QueryBuilder::new(prefix);
     qb.push(concat!("SELECT ", user_columns!()));
     push_from_where(&mut qb, tenant, q)?;
+    let offset = q.start_index.saturating_sub(1) as i64;
+    // In the default order a deep page starts from the key of its first row, found by
+    // walking the (tenant, created, id) index alone, instead of reading and dropping
+    // every earlier user whole: an IdP paging through a million users stays linear.
+    let keyset = q.sort_by.is_none() && offset > 0;
+    if keyset {
+        qb.push(" AND (u.created, u.id) >= (SELECT u.created, u.id");
+        push_from_where(&mut qb, tenant, q)?;
+        qb.push(" ORDER BY u.created, u.id OFFSET ");
+        qb.push_bind(offset);
+        qb.push(" LIMIT 1)");
+    }
     qb.push(" ORDER BY ");
     if let Some(sort) = &q.sort_by {
         qb.push(sort_expr(sort)?);
@@ -246,8 +258,10 @@ fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<Query
     }
     qb.push("u.created, u.id LIMIT ");
     qb.push_bind(q.count as i64);
-    qb.push(" OFFSET ");
-    qb.push_bind(q.start_index.saturating_sub(1) as i64);
+    if !keyset {
+        qb.push(" OFFSET ");
+        qb.push_bind(offset);
+    }
     Ok(qb)
 }
 
