@@ -461,10 +461,10 @@ impl Worker {
         };
         let resource = c.resource.as_object().cloned().unwrap_or_default();
         let result = if c.deleted {
-            self.deliver_delete(c, &tenant, &resource, link, log, secrets)
+            self.deliver_delete(&tenant, &resource, link, log, secrets)
                 .await
         } else if !c.active {
-            self.deliver_inactive(c, &tenant, &resource, link, log, secrets)
+            self.deliver_inactive(&tenant, &resource, link, log, secrets)
                 .await
         } else {
             self.deliver_active(c, &tenant, &resource, password, link, log, secrets)
@@ -537,7 +537,6 @@ impl Worker {
 
     async fn deliver_delete(
         &self,
-        _c: &Claimed,
         tenant: &TenantLink,
         resource: &Map<String, Value>,
         link: &mut Link,
@@ -564,7 +563,6 @@ impl Worker {
 
     async fn deliver_inactive(
         &self,
-        _c: &Claimed,
         tenant: &TenantLink,
         resource: &Map<String, Value>,
         link: &mut Link,
