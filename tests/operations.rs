@@ -457,3 +457,70 @@ async fn reconcile_finds_planted_drift_and_fixes_ours(pool: PgPool) {
     // The CLI shared the service's session instead of logging in over it.
     assert_eq!(s.emulator.login_count(), 1);
 }
+
+#[test]
+fn hash_token_and_check_config() {
+    use std::io::Write;
+    let bin = env!("CARGO_BIN_EXE_ameyo-scim");
+    let mut child = Command::new(bin)
+        .arg("hash-token")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"change-me-acme-token\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "bc17e2a52ce74057b03a3fa9731154cc05f34e17aa4393ac4161df762250f808"
+    );
+    let empty = Command::new(bin)
+        .arg("hash-token")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!empty.status.success());
+
+    // The shipped example is valid; its secrets never print.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+    let out = Command::new(bin)
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("[server]") && printed.contains("REDACTED"));
+    for secret in [
+        "change-me-ameyo-password",
+        "SUzJlrOM5/sMv79rWVl4lL6DCn7HPZKx6FXU55yNW70=",
+    ] {
+        assert!(!printed.contains(secret));
+    }
+    // A mistake: non-zero exit and the key named.
+    let bad = std::env::temp_dir().join(format!("ameyo-scim-bad-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(example)
+            .unwrap()
+            .replace("contact_center_id = 1", "contact_center_id = 0"),
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenants[0].ameyo.contact_center_id"));
+}
