@@ -124,7 +124,6 @@ pub struct AmeyoClient {
     login_lock: Mutex<()>,
     limiter: Semaphore,
     update_path_id: UpdatePathId,
-    logins: std::sync::atomic::AtomicU64,
     shared: Option<Arc<dyn SessionStore>>,
     /// For metrics labels.
     tenant: String,
@@ -190,15 +189,9 @@ impl AmeyoClient {
             login_lock: Mutex::new(()),
             limiter: Semaphore::new(s.max_concurrent_calls),
             update_path_id: s.update_path_id,
-            logins: std::sync::atomic::AtomicU64::new(0),
             shared,
             tenant: tenant.to_string(),
         }))
-    }
-
-    /// Successful logins so far.
-    pub fn logins(&self) -> u64 {
-        self.logins.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn update_path_id(&self) -> UpdatePathId {
@@ -463,8 +456,6 @@ impl AmeyoClient {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| CallError::transient("the login answer carries no sessionId"))?;
-        self.logins
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("logged in to Ameyo");
         Ok(SecretString::from(id.to_string()))
     }

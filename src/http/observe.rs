@@ -24,15 +24,6 @@ impl RouteCell {
     }
 }
 
-/// What `observe` learned about a finished request, for metrics.
-#[derive(Clone, Debug)]
-pub struct Observed {
-    pub route: String,
-    pub method: String,
-    pub status: u16,
-    pub seconds: f64,
-}
-
 fn request_id(req: &Request) -> String {
     req.headers()
         .get(REQUEST_ID)
@@ -80,12 +71,6 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    resp.extensions_mut().insert(Observed {
-        route,
-        method,
-        status,
-        seconds,
-    });
     resp
 }
 

@@ -256,15 +256,6 @@ impl Worker {
         })
     }
 
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
-    /// A tenant's Ameyo client (for the CLI and tests).
-    pub fn client(&self, tenant: &str) -> Option<Arc<AmeyoClient>> {
-        self.tenants.get(tenant).map(|t| t.client.clone())
-    }
-
     fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.lease_secs)
     }
