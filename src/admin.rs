@@ -14,9 +14,11 @@ use crate::ameyo::client::{AmeyoClient, SessionStore};
 use crate::ameyo::mapping::Mapper;
 use crate::config::{OnDeactivate, Settings};
 use crate::scim::resource::{StoredUser, render};
+use crate::store::outbox::{Outbox, PgOutbox};
 use crate::store::password::PasswordCipher;
-use crate::store::postgres::SYNC_CHANNEL;
 use crate::store::session::PgSessionStore;
+
+pub use crate::store::outbox::{SyncEntry, Which};
 
 /// Outbox counts for one tenant.
 #[derive(Debug, Serialize, PartialEq)]
@@ -31,13 +33,12 @@ pub struct TenantStatus {
 }
 
 pub async fn status(pool: &PgPool, settings: &Settings) -> anyhow::Result<Vec<TenantStatus>> {
-    let rows: Vec<(String, String, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT tenant_id, state, count(*),
-                EXTRACT(EPOCH FROM now() - min(pending_since))::float8
-         FROM sync_state GROUP BY tenant_id, state",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(String, String, i64, Option<f64>)> = PgOutbox::new(pool.clone())
+        .counts()
+        .await?
+        .into_iter()
+        .map(|c| (c.tenant_id, c.state, c.users, c.oldest_pending_secs))
+        .collect();
     let mut tenants: BTreeSet<String> = settings.tenants.iter().map(|t| t.id.clone()).collect();
     tenants.extend(rows.iter().map(|r| r.0.clone()));
     Ok(tenants
@@ -68,49 +69,15 @@ pub async fn status(pool: &PgPool, settings: &Settings) -> anyhow::Result<Vec<Te
         .collect())
 }
 
-/// One user in the outbox.
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct SyncEntry {
-    pub tenant: String,
-    pub user_id: Uuid,
-    pub user_name: String,
-    pub state: String,
-    /// Dead: when it died. Pending: when the oldest undelivered change was made.
-    pub since: DateTime<Utc>,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
-    Dead,
-    Pending,
-}
-
 pub async fn list(
     pool: &PgPool,
     which: Which,
     tenant: Option<&str>,
     limit: i64,
 ) -> anyhow::Result<Vec<SyncEntry>> {
-    let states: &[&str] = match which {
-        Which::Dead => &["dead"],
-        Which::Pending => &["pending", "leased"],
-    };
-    Ok(sqlx::query_as(
-        "SELECT s.tenant_id AS tenant, s.user_id, u.user_name, s.state,
-                coalesce(s.pending_since, s.updated_at) AS since, s.attempts,
-                s.next_attempt_at, s.last_error
-         FROM sync_state s JOIN users u ON u.id = s.user_id
-         WHERE s.state = ANY($1) AND ($2::text IS NULL OR s.tenant_id = $2)
-         ORDER BY since, s.user_id LIMIT $3",
-    )
-    .bind(states.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-    .bind(tenant)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    Ok(PgOutbox::new(pool.clone())
+        .list(which, tenant, limit)
+        .await?)
 }
 
 /// Find a user by id, or by userName (case-insensitively) within a tenant.
@@ -153,29 +120,9 @@ pub async fn resolve_user(
     }
 }
 
-async fn notify(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("SELECT pg_notify($1, 'admin')")
-        .bind(SYNC_CHANNEL)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// Re-arm dead users: one, or every dead user (of a tenant, or of all).
 pub async fn retry(pool: &PgPool, user: Option<Uuid>, tenant: Option<&str>) -> anyhow::Result<u64> {
-    let n = sqlx::query(
-        "UPDATE sync_state SET state = 'pending', attempts = 0, next_attempt_at = now(),
-                last_error = NULL, pending_since = coalesce(pending_since, now()), updated_at = now()
-         WHERE state = 'dead' AND ($1::uuid IS NULL OR user_id = $1)
-           AND ($2::text IS NULL OR tenant_id = $2)",
-    )
-    .bind(user)
-    .bind(tenant)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    notify(pool).await?;
-    Ok(n)
+    Ok(PgOutbox::new(pool.clone()).rearm_dead(user, tenant).await?)
 }
 
 /// Push the current state again (one user, or every user of a tenant), even if the
@@ -188,22 +135,10 @@ pub async fn resync(
     if user.is_none() && tenant.is_none() {
         anyhow::bail!("name a user or a tenant");
     }
-    let n = sqlx::query(
-        // A leased row finishes its delivery first, then goes round again.
-        "UPDATE sync_state SET
-            state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
-            resync_requested = (state = 'leased'),
-            last_pushed = NULL, attempts = 0, next_attempt_at = now(), last_error = NULL,
-            pending_since = coalesce(pending_since, now()), updated_at = now()
-         WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR tenant_id = $2)",
-    )
-    .bind(user)
-    .bind(tenant)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    notify(pool).await?;
-    Ok(n)
+    let users = user.map(|u| vec![u]);
+    Ok(PgOutbox::new(pool.clone())
+        .resync(users.as_deref(), tenant)
+        .await?)
 }
 
 /// One user's story: the SCIM resource, the Ameyo link and the last attempts.
@@ -238,29 +173,9 @@ pub async fn show(pool: &PgPool, tenant: &str, id: Uuid) -> anyhow::Result<UserR
         created,
         last_modified,
     };
-    let sync: Value = sqlx::query_scalar(
-        "SELECT jsonb_build_object(
-            'state', state, 'desired_version', desired_version, 'synced_version', synced_version,
-            'attempts', attempts, 'next_attempt_at', next_attempt_at, 'pending_since', pending_since,
-            'last_error', last_error, 'lease_owner', lease_owner, 'lease_until', lease_until,
-            'ameyo_user_id', ameyo_user_id, 'cc_user_id', cc_user_id,
-            'ameyo_locked', ameyo_locked, 'create_attempted', create_attempted,
-            'password_pending', pending_password IS NOT NULL, 'last_pushed', last_pushed)
-         FROM sync_state WHERE user_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .unwrap_or(Value::Null);
-    let attempts: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('at', at, 'version', version, 'worker', worker, 'call', call,
-                'outcome', outcome, 'http_status', http_status, 'duration_ms', duration_ms,
-                'error', error)
-         FROM sync_attempts WHERE user_id = $1 ORDER BY at DESC, id DESC LIMIT 20",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
+    let outbox = PgOutbox::new(pool.clone());
+    let sync = outbox.row_report(id).await?.unwrap_or(Value::Null);
+    let attempts = outbox.recent_attempts(id, 20).await?;
     Ok(UserReport {
         tenant: tenant.to_string(),
         deleted,
@@ -319,15 +234,6 @@ fn same(ours: &Value, theirs: &Value) -> bool {
     norm(ours) == norm(theirs)
 }
 
-#[derive(sqlx::FromRow)]
-struct OurUser {
-    id: Uuid,
-    user_name: String,
-    active: bool,
-    resource: Value,
-    ameyo_user_id: Option<String>,
-}
-
 /// Compare a tenant's users with Ameyo's list; with `apply`, queue the resyncs that
 /// fix ours. Nothing is ever deleted from Ameyo.
 pub async fn reconcile(
@@ -353,14 +259,8 @@ pub async fn reconcile(
     ));
     let client = AmeyoClient::new(tenant, &t.ameyo, Some(shared)).map_err(anyhow::Error::msg)?;
 
-    let ours: Vec<OurUser> = sqlx::query_as(
-        "SELECT u.id, u.user_name, u.active, u.resource, s.ameyo_user_id
-         FROM users u JOIN sync_state s ON s.user_id = u.id
-         WHERE u.tenant_id = $1 AND u.deleted_at IS NULL ORDER BY u.user_name",
-    )
-    .bind(tenant)
-    .fetch_all(pool)
-    .await?;
+    let outbox = PgOutbox::new(pool.clone());
+    let ours = outbox.linked_users(tenant).await?;
 
     let mut report = ReconcileReport {
         tenant: tenant.to_string(),
@@ -368,7 +268,11 @@ pub async fn reconcile(
         ..Default::default()
     };
     // Ameyo lists per contact center: ask each one our users map to.
-    let mut expected: Vec<(&OurUser, String, crate::ameyo::mapping::AmeyoUser)> = Vec::new();
+    let mut expected: Vec<(
+        &crate::store::outbox::LinkedUser,
+        String,
+        crate::ameyo::mapping::AmeyoUser,
+    )> = Vec::new();
     let mut centers = BTreeSet::from([t.ameyo.contact_center_id]);
     for u in &ours {
         let resource: Map<String, Value> = u.resource.as_object().cloned().unwrap_or_default();
@@ -462,39 +366,15 @@ pub async fn reconcile(
             drifted_ids.push(u.id);
         }
     }
-    if apply && !(missing_ids.is_empty() && drifted_ids.is_empty()) {
-        let mut tx = pool.begin().await?;
+    if apply {
         // Missing: forget the link so the worker creates the user again.
-        report.queued += sqlx::query(
-            "UPDATE sync_state SET ameyo_user_id = NULL, cc_user_id = NULL,
-                create_attempted = false, intended_user_id = NULL, ameyo_locked = false,
-                last_pushed = NULL, resync_requested = (state = 'leased'),
-                state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
-                attempts = 0, next_attempt_at = now(), last_error = NULL,
-                pending_since = coalesce(pending_since, now()), updated_at = now()
-             WHERE user_id = ANY($1)",
-        )
-        .bind(&missing_ids)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        if !missing_ids.is_empty() {
+            report.queued += outbox.forget_links(&missing_ids).await?;
+        }
         // Drifted: push the full current state again.
-        report.queued += sqlx::query(
-            "UPDATE sync_state SET last_pushed = NULL, resync_requested = (state = 'leased'),
-                state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
-                attempts = 0, next_attempt_at = now(), last_error = NULL,
-                pending_since = coalesce(pending_since, now()), updated_at = now()
-             WHERE user_id = ANY($1)",
-        )
-        .bind(&drifted_ids)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("SELECT pg_notify($1, 'reconcile')")
-            .bind(SYNC_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        if !drifted_ids.is_empty() {
+            report.queued += outbox.resync(Some(&drifted_ids), None).await?;
+        }
     }
     Ok(report)
 }

@@ -534,7 +534,8 @@ async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
         .unwrap();
     s.emulator.set_faults(Faults::default());
     s.emulator.add_user(
-        json!({"userId": "ann@example.com", "userType": "Agent", "userName": "ann",
+        // What the bridge sent: its name is the user's.
+        json!({"userId": "ann@example.com", "userType": "Agent", "userName": "ann@example.com",
         "systemUserType": "Agent", "contactCenterId": 1}),
     );
     // ...and the IdP renamed the user before the next attempt.

@@ -2,6 +2,7 @@
 //! the backend ([`postgres::PgStore`]); filters are translated to SQL in [`filter_sql`].
 
 pub mod filter_sql;
+pub mod outbox;
 pub mod password;
 pub mod postgres;
 pub mod session;

@@ -13,6 +13,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::filter_sql::{push_filter, sort_expr};
+use super::outbox::{Outbox, PgOutbox, SyncCount};
 use super::password::PasswordCipher;
 use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
 use crate::config::DatabaseSettings;
@@ -61,6 +62,9 @@ impl PgStore {
             return Err(StoreError::PreconditionFailed);
         }
         let Some(next) = change(&current)? else {
+            // Nothing changed, but the IdP pushed it again: a user stuck as a dead
+            // letter gets another go.
+            super::outbox::rearm_if_dead(executor, tenant, current.id).await?;
             return Ok(Some(current));
         };
         let sealed = next
@@ -108,32 +112,7 @@ macro_rules! user_columns {
     };
 }
 
-/// Marks a user's outbox row pending at `u.version`, inside the same statement.
-/// A row that a worker holds stays leased: the worker sees the newer desired version
-/// when it completes and goes round again.
-/// `$password` is the SQL for the new pending password (sealed), `$password_version`
-/// the version it belongs to. Committing also notifies the workers.
-macro_rules! mark_pending {
-    ($password:literal, $password_version:literal) => {
-        concat!(
-            "s AS (
-    UPDATE sync_state SET desired_version = u.version,
-        state = CASE WHEN sync_state.state = 'leased' THEN 'leased' ELSE 'pending' END,
-        pending_since = CASE WHEN sync_state.state IN ('pending', 'leased')
-                             THEN coalesce(sync_state.pending_since, now()) ELSE now() END,
-        attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now(),
-        pending_password = ",
-            $password,
-            ", password_version = ",
-            $password_version,
-            "
-    FROM u WHERE sync_state.user_id = u.id)"
-        )
-    };
-}
-
-/// The channel workers `LISTEN` on; a commit that makes work due notifies it.
-pub const SYNC_CHANNEL: &str = "ameyo_scim_sync";
+use super::outbox::{insert_pending, mark_pending};
 
 const CREATE_SQL: &str = concat!(
     "WITH u AS (
@@ -141,10 +120,9 @@ const CREATE_SQL: &str = concat!(
                            version, created, last_modified)
         VALUES ($1, $2, $3, $4, $5, $6, 1, now(), now())
         RETURNING *),
-     s AS (INSERT INTO sync_state (user_id, tenant_id, desired_version,
-                               pending_password, password_version)
-           SELECT id, tenant_id, version, $7::bytea,
-                  CASE WHEN $7::bytea IS NULL THEN NULL ELSE version END FROM u)
+     ",
+    insert_pending!("$7"),
+    "
      SELECT ",
     user_columns!(),
     ", pg_notify('ameyo_scim_sync', u.tenant_id) FROM u"
@@ -168,10 +146,7 @@ const UPDATE_SQL: &str = concat!(
             version = version + 1, last_modified = now()
         WHERE tenant_id = $1 AND id = $2 AND version = $7 AND deleted_at IS NULL
         RETURNING *), ",
-    mark_pending!(
-        "coalesce($8::bytea, sync_state.pending_password)",
-        "CASE WHEN $8::bytea IS NULL THEN sync_state.password_version ELSE u.version END"
-    ),
+    mark_pending!(keep_or_set_password "$8"),
     " SELECT ",
     user_columns!(),
     ", pg_notify('ameyo_scim_sync', u.tenant_id) FROM u"
@@ -184,7 +159,7 @@ const DELETE_SQL: &str = concat!(
           AND ($3::bigint[] IS NULL OR version = ANY($3))
         RETURNING *), ",
     // A deleted user's password is never delivered: erase it now.
-    mark_pending!("NULL", "NULL"),
+    mark_pending!(erase_password),
     " SELECT count(*) FROM (SELECT pg_notify('ameyo_scim_sync', u.tenant_id) FROM u) AS n"
 );
 
@@ -265,25 +240,15 @@ fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<Query
     Ok(qb)
 }
 
-/// Users per tenant and delivery state, with the age of the oldest undelivered change.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SyncCount {
-    pub tenant_id: String,
-    pub state: String,
-    pub users: i64,
-    pub oldest_pending_secs: Option<f64>,
-}
-
 impl PgStore {
     /// For the metrics: one pass over the outbox, grouped.
     pub async fn sync_counts(&self) -> Result<Vec<SyncCount>> {
-        Ok(sqlx::query_as(
-            "SELECT tenant_id, state, count(*) AS users,
-                    EXTRACT(EPOCH FROM now() - min(pending_since))::float8 AS oldest_pending_secs
-             FROM sync_state GROUP BY tenant_id, state",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        self.outbox().counts().await
+    }
+
+    /// The outbox of this database.
+    pub fn outbox(&self) -> PgOutbox {
+        PgOutbox::new(self.pool.clone())
     }
 
     /// The plan Postgres chooses for a list query (`EXPLAIN`, optionally `ANALYZE`),

@@ -1,7 +1,9 @@
-//! The outbox worker: claims due users (SKIP LOCKED, with a lease), pushes each one's
-//! current state to Ameyo, and records the outcome fenced by the lease token, or
-//! schedules a retry, or dead-letters the user with Ameyo's reason.
+//! The outbox worker: claims due users through the [`Outbox`], asks the pure
+//! [`decide`] module what to do with each, carries the steps out against Ameyo, and
+//! records the outcome through the outbox, fenced by the lease token. A heartbeat task
+//! keeps this worker's leases alive and takes back the leases of workers that stopped.
 
+pub mod decide;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -11,9 +13,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,258 +22,171 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::ameyo::client::{AmeyoClient, CallError, CallRecord, SessionStore};
-use crate::ameyo::mapping::{self, AmeyoUser, Mapper};
-use crate::config::{OnDeactivate, OnDelete, Settings, SyncSettings, UpdatePathId};
+use crate::ameyo::mapping::{self, Mapper};
+use crate::config::{Settings, SyncSettings};
+use crate::store::outbox::{Attempt, Claimed, Completion, Outbox, PgOutbox};
 use crate::store::password::PasswordCipher;
-use crate::store::postgres::SYNC_CHANNEL;
 use crate::store::session::PgSessionStore;
+use decide::{Answer, Case, Listed, Outcome, PasswordUse, Policy, Progress, Step, Target};
 
-/// One tenant's Ameyo and mapping.
+/// How often a worker says it is alive, and takes back stale leases.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A worker silent this long is taken for dead and its leases are taken back.
+pub const STALE_AFTER: Duration = Duration::from_secs(6);
+/// Steps one delivery may take; the rules settle in far fewer.
+const MAX_STEPS: usize = 16;
+
+/// One tenant's Ameyo, mapping and delivery policy.
 pub struct TenantLink {
     pub client: Arc<AmeyoClient>,
     pub mapper: Mapper,
+    /// The Ameyo server (normalised), the scope of userId ownership.
+    pub server: String,
+    pub adopt_existing: bool,
+    pub login_user: Option<String>,
+    pub request_timeout: Duration,
 }
 
 /// What a worker needs; cheap to share between its tasks.
 pub struct Worker {
-    pool: PgPool,
+    outbox: Arc<dyn Outbox>,
     cipher: PasswordCipher,
     tenants: HashMap<String, Arc<TenantLink>>,
+    tenant_ids: Vec<String>,
     settings: SyncSettings,
     owner: String,
 }
 
-/// A claimed user with everything needed to deliver it.
-#[derive(Debug, sqlx::FromRow)]
-struct Claimed {
-    user_id: Uuid,
-    tenant_id: String,
-    lease_token: Uuid,
-    attempts: i32,
-    pending_password: Option<Vec<u8>>,
-    create_attempted: bool,
-    intended_user_id: Option<String>,
-    ameyo_user_id: Option<String>,
-    cc_user_id: Option<i64>,
-    ameyo_locked: bool,
-    last_pushed: Option<Value>,
-    resource: Value,
-    version: i64,
-    active: bool,
-    deleted: bool,
-}
-
-/// The Ameyo side of a user as the worker leaves it.
-#[derive(Debug, Clone, Default)]
-struct Link {
-    ameyo_user_id: Option<String>,
-    cc_user_id: Option<i64>,
-    create_attempted: bool,
-    /// The userId an unconfirmed create was for.
-    intended_user_id: Option<String>,
-    /// The IdP's pending password went out with a call that succeeded.
-    password_delivered: bool,
-    locked: bool,
-    last_pushed: Option<Value>,
-}
-
-#[derive(Debug)]
-enum Outcome {
-    /// Ameyo has this version.
-    Synced,
-    /// The tombstone was delivered: the row can go.
-    Removed,
-    /// Try again later.
-    Retry(CallError),
-    /// Stop until a new write or an operator re-arms it.
-    Dead(String),
-    /// Another worker took over the lease: record nothing.
-    LostLease,
-}
-
-const CLAIM_SQL: &str = "
-WITH due AS (
-    SELECT user_id FROM sync_state
-    WHERE (state = 'pending' AND next_attempt_at <= now())
-       OR (state = 'leased' AND lease_until < now())
-    ORDER BY next_attempt_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE sync_state s
-SET state = 'leased', lease_owner = $1, lease_token = gen_random_uuid(),
-    lease_until = now() + make_interval(secs => $2), updated_at = now(),
-    resync_requested = false
-FROM due, users u
-WHERE s.user_id = due.user_id AND u.id = s.user_id
-RETURNING s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
-          s.create_attempted, s.intended_user_id, s.ameyo_user_id, s.cc_user_id,
-          s.ameyo_locked, s.last_pushed, u.resource, u.version, u.active,
-          (u.deleted_at IS NOT NULL) AS deleted";
-
-/// Another SCIM user of the tenant that has (or may have) this Ameyo userId: `true`
-/// if it is a tombstone on its way out.
-const OWNER_SQL: &str = "
-SELECT u.deleted_at IS NOT NULL FROM sync_state s JOIN users u ON u.id = s.user_id
-WHERE s.tenant_id = $1 AND s.user_id <> $3
-  AND (s.ameyo_user_id = $2 OR s.intended_user_id = $2)
-ORDER BY 1 DESC
-LIMIT 1";
-
-const MARK_CREATE_SQL: &str = "
-UPDATE sync_state SET create_attempted = true, intended_user_id = $3, updated_at = now()
-WHERE user_id = $1 AND lease_token = $2";
-
-/// The attempt-log insert every outcome statement starts with ($1 user, $2 lease
-/// token, $3 tenant, $4 version, $5..$9 the calls, $10 the worker), as a macro so the
-/// SQL stays static.
-macro_rules! log_attempts {
-    () => {
-        "WITH a AS (
-    INSERT INTO sync_attempts (tenant_id, user_id, version, worker, call, outcome, http_status, duration_ms, error)
-    SELECT $3, $1, $4, $10, c.call, c.outcome, c.status, c.ms, c.error
-    FROM UNNEST($5::text[], $6::text[], $7::int[], $8::int[], $9::text[])
-         AS c(call, outcome, status, ms, error)), "
-    };
-}
-
-const SYNCED_SQL: &str = concat!(
-    log_attempts!(),
-    "u AS (
-    UPDATE sync_state SET
-        synced_version = GREATEST(synced_version, $4),
-        state = CASE WHEN desired_version > $4 OR resync_requested THEN 'pending' ELSE 'done' END,
-        pending_since = CASE WHEN desired_version > $4 OR resync_requested THEN pending_since ELSE NULL END,
-        attempts = CASE WHEN desired_version > $4 THEN attempts ELSE 0 END,
-        next_attempt_at = now(), last_error = NULL,
-        lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-        ameyo_user_id = $11, cc_user_id = $12, create_attempted = $13, ameyo_locked = $14,
-        last_pushed = CASE WHEN resync_requested THEN NULL ELSE $15 END,
-        intended_user_id = $16,
-        pending_password = CASE WHEN $17 AND password_version <= $4 THEN NULL ELSE pending_password END,
-        password_version = CASE WHEN $17 AND password_version <= $4 THEN NULL ELSE password_version END,
-        updated_at = now()
-    WHERE user_id = $1 AND lease_token = $2
-    RETURNING 1)
-SELECT count(*) FROM u"
-);
-
-const RETRY_SQL: &str = concat!(
-    log_attempts!(),
-    "u AS (
-    UPDATE sync_state SET
-        -- A newer version written during this delivery deserves its own attempts:
-        -- only the version that failed is given up on.
-        state = CASE WHEN $17 AND desired_version <= $4 THEN 'dead' ELSE 'pending' END,
-        pending_since = CASE WHEN $17 AND desired_version <= $4 THEN NULL ELSE pending_since END,
-        attempts = CASE WHEN $17 AND desired_version > $4 THEN 0 ELSE attempts + 1 END,
-        next_attempt_at = CASE WHEN $17 AND desired_version > $4 THEN now()
-                               ELSE now() + make_interval(secs => $18) END,
-        last_error = $19,
-        lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-        ameyo_user_id = $11, cc_user_id = $12, create_attempted = $13, ameyo_locked = $14,
-        last_pushed = CASE WHEN resync_requested THEN NULL ELSE $15 END,
-        intended_user_id = $16,
-        updated_at = now()
-    WHERE user_id = $1 AND lease_token = $2
-    RETURNING 1)
-SELECT count(*) FROM u"
-);
-
-const REMOVED_SQL: &str = concat!(
-    log_attempts!(),
-    "d AS (
-    DELETE FROM users WHERE id = $1 AND deleted_at IS NOT NULL
-      AND EXISTS (SELECT 1 FROM sync_state WHERE user_id = $1 AND lease_token = $2)
-    RETURNING 1)
-SELECT count(*) FROM d"
-);
-
-const RELEASE_SQL: &str = "
-UPDATE sync_state SET state = 'pending', lease_owner = NULL, lease_until = NULL,
-    lease_token = NULL, updated_at = now()
-WHERE lease_owner = $1 AND state = 'leased'";
-
-const PRUNE_SQL: &str = "
-DELETE FROM sync_attempts WHERE id IN (
-    SELECT id FROM sync_attempts WHERE at < now() - make_interval(days => $1) LIMIT 10000)";
-
-fn random_secret() -> SecretString {
-    let s: String = rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    SecretString::from(s)
-}
-
-fn this_owner() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &Uuid::new_v4().simple().to_string()[..8]
-    )
-}
-
-/// Keep a known secret out of text that goes to logs and the database.
-fn scrub(text: String, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .filter(|s| s.len() >= 4)
-        .fold(text, |t, s| t.replace(s, "[redacted]"))
+/// The Ameyo server a base URL names, as the scope of userId ownership: lower-case
+/// scheme, host and explicit port; the path does not matter.
+pub fn server_key(base_url: &str) -> Result<String, String> {
+    let u = reqwest::Url::parse(base_url).map_err(|e| format!("base_url: {e}"))?;
+    let host = u
+        .host_str()
+        .ok_or("base_url: no host")?
+        .to_ascii_lowercase();
+    let port = u
+        .port_or_known_default()
+        .ok_or("base_url: no port for this scheme")?;
+    Ok(format!("{}://{host}:{port}", u.scheme()))
 }
 
 impl Worker {
-    /// Build clients and mappers for every tenant.
+    /// Build clients and mappers for every tenant, with the Postgres outbox and the
+    /// Ameyo session shared through Postgres.
     pub fn new(settings: &Settings, pool: PgPool, cipher: PasswordCipher) -> Result<Self, String> {
         let owner = this_owner();
+        let sessions_pool = pool.clone();
+        let sessions_cipher = cipher.clone();
+        let sessions_owner = owner.clone();
+        let sessions = move |tenant: &str| -> Arc<dyn SessionStore> {
+            Arc::new(PgSessionStore::new(
+                sessions_pool.clone(),
+                sessions_cipher.clone(),
+                tenant,
+                &sessions_owner,
+            ))
+        };
+        Self::with_outbox(
+            settings,
+            Arc::new(PgOutbox::new(pool)),
+            cipher,
+            owner,
+            &sessions,
+        )
+    }
+
+    /// Build a worker over any outbox backend.
+    pub fn with_outbox(
+        settings: &Settings,
+        outbox: Arc<dyn Outbox>,
+        cipher: PasswordCipher,
+        owner: String,
+        sessions: &dyn Fn(&str) -> Arc<dyn SessionStore>,
+    ) -> Result<Self, String> {
         let mut tenants = HashMap::new();
         for t in &settings.tenants {
             crate::telemetry::metrics::register_tenant(&t.id);
-            let shared: Arc<dyn SessionStore> = Arc::new(PgSessionStore::new(
-                pool.clone(),
-                cipher.clone(),
-                &t.id,
-                &owner,
-            ));
-            let client = AmeyoClient::new(&t.id, &t.ameyo, Some(shared))
+            let client = AmeyoClient::new(&t.id, &t.ameyo, Some(sessions(&t.id)))
                 .map_err(|e| format!("tenant {}: {e}", t.id))?;
             let mapper = Mapper::new(&t.ameyo.mapping, t.ameyo.contact_center_id)
                 .map_err(|e| format!("tenant {}: {e}", t.id))?;
-            tenants.insert(t.id.clone(), Arc::new(TenantLink { client, mapper }));
+            let server =
+                server_key(&t.ameyo.base_url).map_err(|e| format!("tenant {}: {e}", t.id))?;
+            tenants.insert(
+                t.id.clone(),
+                Arc::new(TenantLink {
+                    client,
+                    mapper,
+                    server,
+                    adopt_existing: false,
+                    login_user: t.ameyo.login_user.clone(),
+                    request_timeout: Duration::from_secs(t.ameyo.request_timeout_secs),
+                }),
+            );
         }
+        let mut tenant_ids: Vec<String> = tenants.keys().cloned().collect();
+        tenant_ids.sort();
         Ok(Self {
-            pool,
+            outbox,
             cipher,
             tenants,
+            tenant_ids,
             settings: settings.sync.clone(),
             owner,
         })
+    }
+
+    /// This worker's name in leases and heartbeats.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.lease_secs)
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
-        sqlx::query_as::<_, Claimed>(CLAIM_SQL)
-            .bind(&self.owner)
-            .bind(self.settings.lease_secs as f64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
+    async fn claim(&self, limit: usize) -> crate::store::Result<Vec<Claimed>> {
+        self.outbox
+            .claim(&self.owner, &self.tenant_ids, self.lease(), limit)
             .await
     }
 
+    /// Say this worker is alive and take back the leases of workers that are not.
+    /// Returns how many rows were taken back.
+    async fn beat(&self) -> crate::store::Result<u64> {
+        self.outbox.heartbeat(&self.owner).await?;
+        let n = self
+            .outbox
+            .reclaim_stale(&self.tenant_ids, STALE_AFTER, self.settings.max_attempts)
+            .await?;
+        if n > 0 {
+            tracing::warn!(rows = n, "took back deliveries from a worker that stopped");
+        }
+        Ok(n)
+    }
+
+    /// Scope links made before ownership was recorded (older databases).
+    async fn adopt_servers(&self) {
+        for (id, t) in &self.tenants {
+            match self.outbox.adopt_server(id, &t.server).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(tenant = %id, rows = n, "recorded the Ameyo server of existing links")
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %id, error = %e, "cannot record the Ameyo server of existing links")
+                }
+            }
+        }
+    }
+
     /// Claim and deliver until nothing is due. Returns how many deliveries ran.
-    pub async fn run_until_idle(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
+    pub async fn run_until_idle(self: &Arc<Self>) -> crate::store::Result<usize> {
         let mut total = 0;
+        self.adopt_servers().await;
         loop {
+            self.beat().await?;
             let batch = self.claim(self.settings.concurrency).await?;
             if batch.is_empty() {
                 return Ok(total);
@@ -289,7 +203,12 @@ impl Worker {
     /// Run until `shutdown`, then let in-flight deliveries finish within `grace`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let notify = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(self.pool.clone(), notify.clone(), shutdown.clone()));
+        let listener = tokio::spawn(self.outbox.clone().listen(notify.clone(), shutdown.clone()));
+        self.adopt_servers().await;
+        let heart = tokio::spawn(
+            self.clone()
+                .heartbeat_loop(notify.clone(), shutdown.clone()),
+        );
         let poll = Duration::from_secs(self.settings.poll_interval_secs);
         let mut inflight = JoinSet::new();
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
@@ -348,66 +267,103 @@ impl Worker {
             inflight.abort_all();
             while inflight.join_next().await.is_some() {}
         }
+        heart.abort();
         // Hand back anything still leased by this process (creates already sent are
         // marked, so whoever takes over looks them up first).
-        if let Err(e) = sqlx::query(RELEASE_SQL)
-            .bind(&self.owner)
-            .execute(&self.pool)
-            .await
-        {
-            tracing::warn!(error = %e, "cannot release leases; they expire on their own");
+        if let Err(e) = self.outbox.retire(&self.owner).await {
+            tracing::warn!(error = %e, "cannot release leases; other workers take them back when this one stops beating");
         }
         listener.abort();
         tracing::info!("sync worker stopped");
     }
 
+    async fn heartbeat_loop(self: Arc<Self>, notify: Arc<Notify>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.beat().await {
+                Ok(0) => {}
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "cannot record the worker heartbeat"),
+            }
+        }
+    }
+
     async fn prune(&self) {
-        match sqlx::query(PRUNE_SQL)
-            .bind(self.settings.attempt_retention_days as i32)
-            .execute(&self.pool)
+        match self
+            .outbox
+            .prune_attempts(self.settings.attempt_retention_days)
             .await
         {
-            Ok(r) if r.rows_affected() > 0 => {
-                tracing::info!(rows = r.rows_affected(), "pruned old delivery attempts")
-            }
-            Ok(_) => {}
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned old delivery attempts"),
             Err(e) => tracing::warn!(error = %e, "cannot prune delivery attempts"),
         }
     }
 
-    /// Deliver one claimed user and record the outcome.
+    /// Deliver one claimed user and record the outcome. The delivery runs as a task of
+    /// its own, so a panic in it is caught here and counted as a failed attempt (a user
+    /// that keeps crashing its delivery ends as a dead letter).
     async fn process(self: Arc<Self>, c: Claimed) {
         let span = tracing::info_span!("deliver", tenant = %c.tenant_id, user_id = %c.user_id, version = c.version);
         async move {
             let started = Instant::now();
-            let mut link = Link {
-                ameyo_user_id: c.ameyo_user_id.clone(),
-                cc_user_id: c.cc_user_id,
-                create_attempted: c.create_attempted,
-                intended_user_id: c.intended_user_id.clone(),
-                password_delivered: false,
-                locked: c.ameyo_locked,
-                last_pushed: c.last_pushed.clone(),
+            let Some(tenant) = self.tenants.get(&c.tenant_id).cloned() else {
+                // Claims are limited to known tenants; nothing to decide for another.
+                return;
             };
-            let mut log = Vec::new();
-            let mut secrets: Vec<String> = Vec::new();
             // Cut a delivery off well before its lease ends, so no one else starts on
             // the same user while this one still talks to Ameyo.
             let budget = self.lease().saturating_sub(Duration::from_secs(5)).max(Duration::from_secs(5));
-            let outcome = match tokio::time::timeout(budget, self.deliver(&c, &mut link, &mut log, &mut secrets)).await {
-                Ok(o) => o,
-                Err(_) => Outcome::Retry(CallError::Transient {
-                    reason: "the delivery took longer than its lease allows".into(),
-                    retry_after: None,
-                    status: None,
-                    maybe_applied: true,
-                }),
+            let worker = self.clone();
+            let claimed = c.clone();
+            let job = tokio::spawn(
+                async move {
+                    let mut log = Vec::new();
+                    let mut secrets = Vec::new();
+                    let delivered = tokio::time::timeout(
+                        budget,
+                        worker.deliver(&claimed, &tenant, &mut log, &mut secrets),
+                    )
+                    .await;
+                    let (outcome, progress) = match delivered {
+                        Ok(r) => r,
+                        Err(_) => (
+                            Outcome::Retry(CallError::Transient {
+                                reason: "the delivery took longer than its lease allows".into(),
+                                retry_after: None,
+                                status: None,
+                                maybe_applied: true,
+                            }),
+                            Progress::new(claimed.link.clone()),
+                        ),
+                    };
+                    (outcome, progress, log, secrets)
+                }
+                .in_current_span(),
+            );
+            let (outcome, progress, log, secrets) = match job.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(panicked = e.is_panic(), "the delivery task failed");
+                    crate::telemetry::metrics::delivery_panicked(&c.tenant_id);
+                    (
+                        Outcome::Retry(CallError::transient("the delivery failed inside the bridge (see its log)")),
+                        Progress::new(c.link.clone()),
+                        Vec::new(),
+                        Vec::new(),
+                    )
+                }
             };
             let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            match self.record(&c, &link, &outcome, &log, &secret_refs).await {
+            match self.record(&c, &progress, &outcome, &log, &secret_refs).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("lease lost before completion: another worker owns this user now"),
-                Err(e) => tracing::warn!(error = %e, "cannot record the delivery outcome; the lease will expire and it will run again"),
+                Err(e) => tracing::warn!(error = %e, "cannot record the delivery outcome; the row is taken back once its lease runs out"),
             }
             let ms = started.elapsed().as_millis() as u64;
             let action = action_of(&log);
@@ -430,459 +386,239 @@ impl Worker {
         .await
     }
 
+    /// Carry out the decision's steps until it names an outcome.
     async fn deliver(
         &self,
         c: &Claimed,
-        link: &mut Link,
+        tenant: &TenantLink,
         log: &mut Vec<CallRecord>,
         secrets: &mut Vec<String>,
-    ) -> Outcome {
-        let Some(tenant) = self.tenants.get(&c.tenant_id).cloned() else {
-            return Outcome::Dead(format!("tenant '{}' is not configured", c.tenant_id));
-        };
+    ) -> (Outcome, Progress) {
+        let mut progress = Progress::new(c.link.clone());
         let password = match &c.pending_password {
             Some(sealed) => match self.cipher.open(c.user_id.as_bytes(), sealed) {
                 Ok(p) => {
                     secrets.push(p.expose_secret().to_string());
                     Some(p)
                 }
-                Err(e) => return Outcome::Dead(e.to_string()),
+                Err(e) => return (Outcome::Dead(e.to_string()), progress),
             },
             None => None,
         };
         let resource = c.resource.as_object().cloned().unwrap_or_default();
-        let result = if c.deleted {
-            self.deliver_delete(&tenant, &resource, link, log, secrets)
-                .await
-        } else if !c.active {
-            self.deliver_inactive(&tenant, &resource, link, log, secrets)
-                .await
-        } else {
-            self.deliver_active(c, &tenant, &resource, password, link, log, secrets)
-                .await
-        };
-        match result {
-            Ok(o) => o,
-            Err(CallError::Permanent { reason, .. }) => Outcome::Dead(reason),
-            Err(e) => {
-                let max = self.settings.max_attempts;
-                if max > 0 && c.attempts as u32 + 1 >= max {
-                    Outcome::Dead(format!("gave up after {max} attempts: {e}"))
-                } else {
-                    Outcome::Retry(e)
-                }
-            }
-        }
-    }
-
-    /// The Ameyo userId of this user if Ameyo has it: the link, or, when a create may
-    /// have happened without us hearing back, a lookup in Ameyo's list.
-    async fn known_user_id(
-        &self,
-        tenant: &TenantLink,
-        resource: &Map<String, Value>,
-        link: &mut Link,
-        log: &mut Vec<CallRecord>,
-    ) -> Result<Option<String>, CallError> {
-        if let Some(id) = &link.ameyo_user_id {
-            return Ok(Some(id.clone()));
-        }
-        if !link.create_attempted {
-            return Ok(None);
-        }
-        // The id the unconfirmed create was for, even if the user was renamed since.
-        let expected = match (&link.intended_user_id, tenant.mapper.user_id(resource)) {
-            (Some(id), _) => id.clone(),
-            (None, Ok(id)) => id,
-            (None, Err(_)) => return Ok(None),
-        };
-        let cc_id = tenant.mapper.map(resource, &expected).contact_center_id;
-        let found = tenant
-            .client
-            .list_users(cc_id, log)
-            .await?
-            .into_iter()
-            .find(|u| u.user_id == expected);
-        match found {
-            Some(u) => {
-                tracing::info!(ameyo_user_id = %u.user_id, "found the user in Ameyo after an unconfirmed create");
-                link.ameyo_user_id = Some(u.user_id);
-                link.cc_user_id = u.cc_user_id;
-                Ok(link.ameyo_user_id.clone())
-            }
-            None => {
-                // The earlier create never landed.
-                link.create_attempted = false;
-                link.intended_user_id = None;
-                Ok(None)
-            }
-        }
-    }
-
-    fn path_id(tenant: &TenantLink, link: &Link, user_id: &str) -> String {
-        match (tenant.client.update_path_id(), link.cc_user_id) {
-            (UpdatePathId::CcUserId, Some(cc)) => cc.to_string(),
-            _ => user_id.to_string(),
-        }
-    }
-
-    async fn deliver_delete(
-        &self,
-        tenant: &TenantLink,
-        resource: &Map<String, Value>,
-        link: &mut Link,
-        log: &mut Vec<CallRecord>,
-        secrets: &mut Vec<String>,
-    ) -> Result<Outcome, CallError> {
-        let Some(user_id) = self.known_user_id(tenant, resource, link, log).await? else {
-            return Ok(Outcome::Removed);
-        };
-        match tenant.mapper.on_delete {
-            OnDelete::Delete => match tenant.client.delete_user(&user_id, log).await {
-                Ok(()) | Err(CallError::NotFound { .. }) => Ok(Outcome::Removed),
-                Err(e) => Err(e),
+        let bounds = |_: &mapping::AmeyoUser| -> Result<(), String> { Ok(()) };
+        let case = Case {
+            tenant: &c.tenant_id,
+            target: if c.deleted {
+                Target::Deleted
+            } else if c.active {
+                Target::Active
+            } else {
+                Target::Inactive
             },
-            OnDelete::Lock => {
-                if !link.locked {
-                    self.lock(tenant, resource, &user_id, link, log, secrets)
-                        .await?;
-                }
-                Ok(Outcome::Removed)
-            }
-        }
-    }
-
-    async fn deliver_inactive(
-        &self,
-        tenant: &TenantLink,
-        resource: &Map<String, Value>,
-        link: &mut Link,
-        log: &mut Vec<CallRecord>,
-        secrets: &mut Vec<String>,
-    ) -> Result<Outcome, CallError> {
-        // A user that never reached Ameyo and is inactive stays out of it.
-        let Some(user_id) = self.known_user_id(tenant, resource, link, log).await? else {
-            return Ok(Outcome::Synced);
+            resource: &resource,
+            password_pending: password.is_some(),
+            attempts: c.attempts.max(0) as u32,
+            policy: Policy {
+                mapper: &tenant.mapper,
+                bounds: &bounds,
+                on_deactivate: tenant.mapper.on_deactivate,
+                on_delete: tenant.mapper.on_delete,
+                adopt_existing: tenant.adopt_existing,
+                login_user: tenant.login_user.as_deref(),
+                update_path_id: tenant.client.update_path_id(),
+                max_attempts: self.settings.max_attempts,
+            },
         };
-        match tenant.mapper.on_deactivate {
-            OnDeactivate::Lock => {
-                let mut locked = tenant.mapper.map(resource, &user_id);
-                locked.mapping_user_id = None;
-                if !link.locked {
-                    self.lock(tenant, resource, &user_id, link, log, secrets)
-                        .await?;
-                } else if link.last_pushed.as_ref() != Some(&snapshot(&locked)) {
-                    // Still locked, other fields changed: push them, mapping kept clear.
-                    let path = Self::path_id(tenant, link, &user_id);
+        for _ in 0..MAX_STEPS {
+            let step = decide::next(&case, &progress);
+            let answer = match &step {
+                Step::Finish(outcome) => return (outcome.clone(), progress),
+                Step::Lookup {
+                    user_id,
+                    contact_center_id,
+                    ..
+                } => match tenant.client.list_users(*contact_center_id, log).await {
+                    Ok(users) => {
+                        Answer::Listed(users.into_iter().find(|u| &u.user_id == user_id).map(|u| {
+                            Listed {
+                                user_name: u
+                                    .raw
+                                    .get("userName")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_string),
+                                mapping_user_id: u
+                                    .raw
+                                    .get("mappingUserId")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_string),
+                                user_id: u.user_id,
+                                cc_user_id: u.cc_user_id,
+                            }
+                        }))
+                    }
+                    Err(e) => Answer::Failed(e),
+                },
+                Step::ClaimUserId { user_id } => match self
+                    .outbox
+                    .claim_user_id(c.user_id, c.lease_token, &tenant.server, user_id)
+                    .await
+                {
+                    Ok(claim) => Answer::Claim(claim),
+                    Err(e) => Answer::Failed(CallError::transient(format!("database: {e}"))),
+                },
+                Step::Create {
+                    user,
+                    password: use_,
+                } => {
+                    let secret = pick_password(*use_, password.as_ref(), secrets)
+                        .unwrap_or_else(random_secret);
                     match tenant
                         .client
-                        .update_user(&path, &mapping::update_body(&locked, None), log)
+                        .create_user(&mapping::create_body(user, secret.expose_secret()), log)
                         .await
                     {
-                        Ok(()) => link.last_pushed = Some(snapshot(&locked)),
-                        Err(CallError::NotFound { .. }) => forget(link),
-                        Err(e) => return Err(e),
+                        Ok(cc_user_id) => Answer::Created { cc_user_id },
+                        Err(e) => Answer::Failed(e),
                     }
                 }
-                Ok(Outcome::Synced)
-            }
-            OnDeactivate::Delete => {
-                match tenant.client.delete_user(&user_id, log).await {
-                    Ok(()) | Err(CallError::NotFound { .. }) => forget(link),
-                    Err(e) => return Err(e),
+                Step::Update {
+                    path_id,
+                    user,
+                    password: use_,
+                    ..
+                } => {
+                    let secret = pick_password(*use_, password.as_ref(), secrets);
+                    let body =
+                        mapping::update_body(user, secret.as_ref().map(|s| s.expose_secret()));
+                    done(tenant.client.update_user(path_id, &body, log).await)
                 }
-                Ok(Outcome::Synced)
-            }
-        }
-    }
-
-    /// End the user's sessions, rotate the password to an undisclosed one, clear the
-    /// SSO mapping.
-    async fn lock(
-        &self,
-        tenant: &TenantLink,
-        resource: &Map<String, Value>,
-        user_id: &str,
-        link: &mut Link,
-        log: &mut Vec<CallRecord>,
-        secrets: &mut Vec<String>,
-    ) -> Result<(), CallError> {
-        match tenant.client.end_sessions(user_id, log).await {
-            Ok(()) | Err(CallError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        let mut locked = tenant.mapper.map(resource, user_id);
-        locked.mapping_user_id = None;
-        let secret = random_secret();
-        secrets.push(secret.expose_secret().to_string());
-        let path = Self::path_id(tenant, link, user_id);
-        match tenant
-            .client
-            .update_user(
-                &path,
-                &mapping::update_body(&locked, Some(secret.expose_secret())),
-                log,
-            )
-            .await
-        {
-            Ok(()) => {
-                link.locked = true;
-                link.last_pushed = Some(snapshot(&locked));
-                Ok(())
-            }
-            Err(CallError::NotFound { .. }) => {
-                forget(link);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_active(
-        &self,
-        c: &Claimed,
-        tenant: &TenantLink,
-        resource: &Map<String, Value>,
-        password: Option<SecretString>,
-        link: &mut Link,
-        log: &mut Vec<CallRecord>,
-        secrets: &mut Vec<String>,
-    ) -> Result<Outcome, CallError> {
-        let mut user_id = self.known_user_id(tenant, resource, link, log).await?;
-        if user_id.is_none() {
-            let id = match tenant.mapper.user_id(resource) {
-                Ok(id) => id,
-                Err(e) => return Ok(Outcome::Dead(e.0)),
+                Step::EndSessions { user_id } => {
+                    done(tenant.client.end_sessions(user_id, log).await)
+                }
+                Step::Delete { user_id } => done(tenant.client.delete_user(user_id, log).await),
             };
-            let mapped = tenant.mapper.map(resource, &id);
-            // Another SCIM user with the same Ameyo userId: a deleted one (re-created
-            // under the same userName) must leave Ameyo first, or its delete would remove
-            // this one; a live one means the userId mapping collides.
-            let owner: Option<bool> = sqlx::query_scalar(OWNER_SQL)
-                .bind(&c.tenant_id)
-                .bind(&id)
-                .bind(c.user_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| CallError::transient(format!("database: {e}")))?;
-            match owner {
-                Some(true) => {
-                    return Err(CallError::Transient {
-                        reason: "waiting for a deleted user with the same Ameyo userId to be removed first".into(),
-                        retry_after: None,
-                        status: None,
-                        maybe_applied: false,
-                    });
-                }
-                Some(false) => {
-                    return Ok(Outcome::Dead(format!(
-                        "the Ameyo userId '{id}' already belongs to another user of this tenant; \
-                         change user_id_attribute or its transforms so userIds are unique"
-                    )));
-                }
-                None => {}
-            }
-            // Record the intent before sending: if we never hear back (timeout, crash),
-            // the next attempt looks the user up instead of creating it twice.
-            let marked = sqlx::query(MARK_CREATE_SQL)
-                .bind(c.user_id)
-                .bind(c.lease_token)
-                .bind(&id)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| CallError::Transient {
-                    reason: format!("database: {e}"),
-                    retry_after: None,
-                    status: None,
-                    maybe_applied: false,
-                })?;
-            if marked.rows_affected() == 0 {
-                return Ok(Outcome::LostLease);
-            }
-            link.create_attempted = true;
-            link.intended_user_id = Some(id.clone());
-            let user_data = password.clone().unwrap_or_else(random_secret);
-            secrets.push(user_data.expose_secret().to_string());
-            match tenant
-                .client
-                .create_user(
-                    &mapping::create_body(&mapped, user_data.expose_secret()),
-                    log,
-                )
-                .await
-            {
-                Ok(cc_user_id) => {
-                    link.ameyo_user_id = Some(id);
-                    link.cc_user_id = cc_user_id;
-                    link.intended_user_id = None;
-                    link.locked = false;
-                    link.last_pushed = Some(snapshot(&mapped));
-                    link.password_delivered = password.is_some();
-                    return Ok(Outcome::Synced);
-                }
-                Err(CallError::AlreadyExists { .. }) => {
-                    // Ameyo has this userId already (from an earlier attempt, or made
-                    // by hand): link it and bring it up to date.
-                    user_id = self.known_user_id(tenant, resource, link, log).await?;
-                    if user_id.is_none() {
-                        return Err(CallError::transient(
-                            "Ameyo says the userId exists but does not list it",
-                        ));
-                    }
-                    link.last_pushed = None;
-                }
-                Err(e) => {
-                    // A create that surely did not reach Ameyo needs no lookup next time.
-                    if matches!(
-                        e,
-                        CallError::Transient {
-                            maybe_applied: false,
-                            ..
-                        } | CallError::Permanent { .. }
-                    ) {
-                        link.create_attempted = false;
-                        link.intended_user_id = None;
-                    }
-                    return Err(e);
-                }
-            }
+            decide::observe(&case, &mut progress, &step, answer);
         }
-        let Some(user_id) = user_id else {
-            return Err(CallError::transient("no Ameyo user"));
-        };
-        let mapped = tenant.mapper.map(resource, &user_id);
-        let unchanged = link.last_pushed.as_ref() == Some(&snapshot(&mapped));
-        if unchanged && password.is_none() && !link.locked {
-            return Ok(Outcome::Synced);
-        }
-        // Reactivation (unlock) rotates the password away from the undisclosed one we
-        // set when locking, unless the IdP sent a real one.
-        let user_data = match (&password, link.locked) {
-            (Some(p), _) => Some(p.clone()),
-            (None, true) => Some(random_secret()),
-            (None, false) => None,
-        };
-        if let Some(p) = &user_data {
-            secrets.push(p.expose_secret().to_string());
-        }
-        let path = Self::path_id(tenant, link, &user_id);
-        let body = mapping::update_body(&mapped, user_data.as_ref().map(|p| p.expose_secret()));
-        match tenant.client.update_user(&path, &body, log).await {
-            Ok(()) => {
-                link.locked = false;
-                link.last_pushed = Some(snapshot(&mapped));
-                link.password_delivered = password.is_some();
-                Ok(Outcome::Synced)
-            }
-            Err(CallError::NotFound { reason, status }) => {
-                // The Ameyo user is gone (deleted by hand): create it again next time.
-                forget(link);
-                Err(CallError::Transient {
-                    reason: format!("{reason}; it will be created again"),
-                    retry_after: Some(Duration::ZERO),
-                    status,
-                    maybe_applied: false,
-                })
-            }
-            Err(e) => Err(e),
-        }
+        (
+            Outcome::Retry(CallError::transient(
+                "the delivery did not settle; will retry",
+            )),
+            progress,
+        )
     }
 
     /// Write the outcome, fenced by the lease token. `Ok(false)`: the lease was lost.
     async fn record(
         &self,
         c: &Claimed,
-        link: &Link,
+        progress: &Progress,
         outcome: &Outcome,
         log: &[CallRecord],
         secrets: &[&str],
-    ) -> Result<bool, sqlx::Error> {
-        if matches!(outcome, Outcome::LostLease) {
+    ) -> crate::store::Result<bool> {
+        let Some(tenant) = self.tenants.get(&c.tenant_id) else {
             return Ok(false);
-        }
-        let calls: Vec<String> = log.iter().map(|r| r.call.to_string()).collect();
-        let outcomes: Vec<String> = log
+        };
+        let attempts: Vec<Attempt> = log
             .iter()
-            .map(|r| {
-                if r.error.is_none() {
-                    "ok".to_string()
-                } else {
-                    "error".to_string()
-                }
+            .map(|r| Attempt {
+                call: r.call,
+                ok: r.error.is_none(),
+                http_status: r.status,
+                duration_ms: r.duration.as_millis().min(i32::MAX as u128) as i32,
+                error: r.error.clone().map(|e| scrub(e, secrets)),
             })
             .collect();
-        let statuses: Vec<Option<i32>> = log.iter().map(|r| r.status.map(i32::from)).collect();
-        let ms: Vec<i32> = log
-            .iter()
-            .map(|r| r.duration.as_millis().min(i32::MAX as u128) as i32)
-            .collect();
-        let errors: Vec<Option<String>> = log
-            .iter()
-            .map(|r| r.error.clone().map(|e| scrub(e, secrets)))
-            .collect();
-        let base = |sql: &'static str| {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(c.user_id)
-                .bind(c.lease_token)
-                .bind(&c.tenant_id)
-                .bind(c.version)
-                .bind(calls.clone())
-                .bind(outcomes.clone())
-                .bind(statuses.clone())
-                .bind(ms.clone())
-                .bind(errors.clone())
-                .bind(&self.owner)
-        };
-        let n = match outcome {
-            Outcome::Removed => base(REMOVED_SQL).fetch_one(&self.pool).await?,
-            Outcome::Synced => {
-                base(SYNCED_SQL)
-                    .bind(&link.ameyo_user_id)
-                    .bind(link.cc_user_id)
-                    .bind(link.create_attempted)
-                    .bind(link.locked)
-                    .bind(&link.last_pushed)
-                    .bind(&link.intended_user_id)
-                    .bind(link.password_delivered)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-            Outcome::Retry(_) | Outcome::Dead(_) => {
-                let (dead, delay, reason) = match outcome {
-                    Outcome::Dead(r) => (true, Duration::ZERO, r.clone()),
-                    Outcome::Retry(e) => {
-                        let after = match e {
-                            CallError::Transient { retry_after, .. } => *retry_after,
-                            _ => None,
-                        };
-                        let d = retry::delay(
-                            c.attempts.max(0) as u32,
-                            Duration::from_millis(self.settings.retry_base_ms),
-                            Duration::from_secs(self.settings.retry_cap_secs),
-                            after,
-                        );
-                        (false, d, e.to_string())
-                    }
-                    _ => unreachable!("matched above"),
+        let link = &progress.link;
+        let completion = match outcome {
+            Outcome::LostLease => return Ok(false),
+            Outcome::Removed => Completion::Removed,
+            Outcome::Synced => Completion::Synced {
+                link,
+                password_delivered: progress.password_delivered,
+            },
+            Outcome::Dead(reason) => Completion::Dead {
+                link,
+                reason: scrub(reason.clone(), secrets),
+            },
+            Outcome::Retry(e) => {
+                let after = match e {
+                    CallError::Transient { retry_after, .. } => *retry_after,
+                    _ => None,
                 };
-                base(RETRY_SQL)
-                    .bind(&link.ameyo_user_id)
-                    .bind(link.cc_user_id)
-                    .bind(link.create_attempted)
-                    .bind(link.locked)
-                    .bind(&link.last_pushed)
-                    .bind(&link.intended_user_id)
-                    .bind(dead)
-                    .bind(delay.as_secs_f64())
-                    .bind(scrub(reason, secrets))
-                    .fetch_one(&self.pool)
-                    .await?
+                let backoff = retry::delay(
+                    c.attempts.max(0) as u32,
+                    Duration::from_millis(self.settings.retry_base_ms),
+                    Duration::from_secs(self.settings.retry_cap_secs),
+                    after,
+                );
+                Completion::Retry {
+                    link,
+                    delay: decide::retry_delay(e, backoff, tenant.request_timeout),
+                    reason: scrub(e.to_string(), secrets),
+                    full_push: decide::needs_full_push(e),
+                }
             }
-            Outcome::LostLease => 0,
         };
-        Ok(n == 1)
+        self.outbox
+            .complete(c, &self.owner, &tenant.server, &completion, &attempts)
+            .await
     }
+}
+
+/// The password a step carries: the IdP's, a fresh undisclosed one, or none. Every
+/// password used is remembered so it can be scrubbed from errors.
+fn pick_password(
+    use_: PasswordUse,
+    pending: Option<&SecretString>,
+    secrets: &mut Vec<String>,
+) -> Option<SecretString> {
+    let p = match use_ {
+        PasswordUse::None => return None,
+        PasswordUse::Pending => pending.cloned().unwrap_or_else(random_secret),
+        PasswordUse::Undisclosed => random_secret(),
+    };
+    secrets.push(p.expose_secret().to_string());
+    Some(p)
+}
+
+fn done(r: Result<(), CallError>) -> Answer {
+    match r {
+        Ok(()) => Answer::Done,
+        Err(e) => Answer::Failed(e),
+    }
+}
+
+fn random_secret() -> SecretString {
+    let s: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    SecretString::from(s)
+}
+
+fn this_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Keep a known secret out of text that goes to logs and the database.
+fn scrub(text: String, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 4)
+        .fold(text, |t, s| t.replace(s, "[redacted]"))
 }
 
 /// What a delivery did in Ameyo, for metrics: the most significant call it made.
@@ -900,43 +636,5 @@ fn action_of(log: &[CallRecord]) -> &'static str {
         "link"
     } else {
         "none"
-    }
-}
-
-/// Ameyo no longer has the user: the next delivery creates it again.
-fn forget(link: &mut Link) {
-    *link = Link::default();
-}
-
-fn snapshot(u: &AmeyoUser) -> Value {
-    serde_json::to_value(u).unwrap_or(Value::Null)
-}
-
-/// Wake the worker when a commit makes work due; reconnect when the connection drops.
-async fn listen(pool: PgPool, notify: Arc<Notify>, shutdown: CancellationToken) {
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot LISTEN; polling only for now");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-            }
-        };
-        if listener.listen(SYNC_CHANNEL).await.is_err() {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            continue;
-        }
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = listener.recv() => match n {
-                    Ok(_) => notify.notify_one(),
-                    Err(_) => break,
-                },
-            }
-        }
     }
 }

@@ -16,6 +16,7 @@ pub const SYNC_USERS: &str = "ameyo_scim_sync_users";
 pub const SYNC_OLDEST_PENDING: &str = "ameyo_scim_sync_oldest_pending_seconds";
 pub const SYNC_DELIVERIES: &str = "ameyo_scim_sync_deliveries_total";
 pub const SYNC_RETRIES: &str = "ameyo_scim_sync_retries_total";
+pub const SYNC_PANICS: &str = "ameyo_scim_sync_delivery_panics_total";
 pub const AMEYO_REQUESTS: &str = "ameyo_scim_ameyo_requests_total";
 pub const AMEYO_DURATION: &str = "ameyo_scim_ameyo_request_duration_seconds";
 pub const AMEYO_LOGINS: &str = "ameyo_scim_ameyo_logins_total";
@@ -70,6 +71,11 @@ const ALL: &[(&str, Kind, &str)] = &[
         SYNC_RETRIES,
         Kind::Counter,
         "Deliveries that failed and were scheduled again, per tenant.",
+    ),
+    (
+        SYNC_PANICS,
+        Kind::Counter,
+        "Deliveries that failed inside the bridge (a panic), per tenant; each counts as an attempt.",
     ),
     (
         AMEYO_REQUESTS,
@@ -156,6 +162,7 @@ pub fn exported_names() -> Vec<String> {
 /// dashboards and `rate()` see them from the start.
 pub fn register_tenant(tenant: &str) {
     counter!(SYNC_RETRIES, "tenant" => tenant.to_string()).increment(0);
+    counter!(SYNC_PANICS, "tenant" => tenant.to_string()).increment(0);
     for outcome in ["ok", "error"] {
         counter!(AMEYO_LOGINS, "tenant" => tenant.to_string(), "outcome" => outcome).increment(0);
     }
@@ -206,4 +213,9 @@ pub fn db_pool(idle: usize, in_use: usize, max: u32) {
 
 pub fn ready(ready: bool) {
     gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// A delivery that failed inside the bridge (a panic): a bug to report.
+pub fn delivery_panicked(tenant: &str) {
+    counter!(SYNC_PANICS, "tenant" => tenant.to_string()).increment(1);
 }
