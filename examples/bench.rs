@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ameyo_scim::ameyo::emulator::{Emulator, EmulatorOptions};
+use ameyo_emulator::{Emulator, EmulatorOptions};
 use ameyo_scim::config::Settings;
 use ameyo_scim::http::auth::token_digest;
 use ameyo_scim::http::{AppState, router};

@@ -210,7 +210,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rate_limit_every,
             outage,
         } => {
-            use crate::ameyo::emulator::{Emulator, EmulatorOptions, Faults, Outage};
+            use ameyo_emulator::{Emulator, EmulatorOptions, Faults, Outage};
             if !(0.0..=1.0).contains(&error_rate) {
                 anyhow::bail!("--error-rate must be between 0 and 1");
             }

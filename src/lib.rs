@@ -3,6 +3,8 @@
 //!
 //! Data flows `http` -> `scim` (pure protocol logic) -> `store` (Postgres, one
 //! transaction per write, with a pending outbox row for delivery to Ameyo).
+//!
+//! The Ameyo emulator behind the `emulator` subcommand is the `ameyo_emulator` crate.
 
 pub mod admin;
 pub mod ameyo;

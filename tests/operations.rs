@@ -54,7 +54,7 @@ fn series(text: &str, name: &str, fragments: &[&str]) -> Option<f64> {
 #[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
 async fn metrics_after_a_flow(pool: PgPool) {
     let s = sync_app(pool).await;
-    s.emulator.set_faults(ameyo_scim::ameyo::emulator::Faults {
+    s.emulator.set_faults(ameyo_emulator::Faults {
         reject_user_ids: vec!["dead@example.com".into()],
         ..Default::default()
     });
@@ -301,7 +301,7 @@ login_password = "{AMEYO_ADMIN_PASSWORD}"
 async fn admin_cli_against_a_seeded_database(pool: PgPool) {
     let s = sync_app(pool.clone()).await;
     let (config, _dir) = write_cli_config(&pool, "http://127.0.0.1:9").await;
-    s.emulator.set_faults(ameyo_scim::ameyo::emulator::Faults {
+    s.emulator.set_faults(ameyo_emulator::Faults {
         reject_user_ids: vec!["broken@example.com".into()],
         ..Default::default()
     });

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ameyo_scim::ameyo::emulator::{Emulator, EmulatorOptions, Faults, Outage};
+use ameyo_emulator::{Emulator, EmulatorOptions, Faults, Outage};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use ameyo_scim::ameyo::emulator::{EmulatorOptions, Faults, Outage};
+use ameyo_emulator::{EmulatorOptions, Faults, Outage};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -1,6 +1,5 @@
-//! Ameyo: the REST client, the SCIM-to-Ameyo mapping, and an in-memory emulator of
-//! the Ameyo API for tests, benchmarks and trying the service out.
+//! Ameyo: the REST client and the SCIM-to-Ameyo mapping. The in-memory emulator of
+//! the Ameyo API is the `ameyo-emulator` crate (crates/ameyo-emulator).
 
 pub mod client;
-pub mod emulator;
 pub mod mapping;

@@ -277,7 +277,7 @@ pub fn jwt_c(overrides: Value) -> String {
 pub struct SyncApp {
     pub app: TestApp,
     pub worker: std::sync::Arc<ameyo_scim::sync::Worker>,
-    pub emulator: ameyo_scim::ameyo::emulator::Emulator,
+    pub emulator: ameyo_emulator::Emulator,
     pub emulator_addr: std::net::SocketAddr,
 }
 
@@ -296,11 +296,11 @@ pub async fn sync_app(pool: PgPool) -> SyncApp {
 
 pub async fn sync_app_with(
     pool: PgPool,
-    options: ameyo_scim::ameyo::emulator::EmulatorOptions,
+    options: ameyo_emulator::EmulatorOptions,
     tweak: impl FnOnce(&mut Settings),
 ) -> SyncApp {
     ameyo_scim::telemetry::metrics::install();
-    let (emulator, addr) = ameyo_scim::ameyo::emulator::Emulator::spawn(options)
+    let (emulator, addr) = ameyo_emulator::Emulator::spawn(options)
         .await
         .expect("emulator");
     let mut settings = sync_settings(&format!("http://{addr}"));
@@ -364,11 +364,7 @@ impl SyncApp {
     }
 
     /// API calls of a kind: (method, path prefix).
-    pub fn calls(
-        &self,
-        method: &str,
-        path_prefix: &str,
-    ) -> Vec<ameyo_scim::ameyo::emulator::RecordedRequest> {
+    pub fn calls(&self, method: &str, path_prefix: &str) -> Vec<ameyo_emulator::RecordedRequest> {
         self.emulator
             .requests()
             .into_iter()
