@@ -169,7 +169,8 @@ login_password = "bench"
 
     ameyo_scim::telemetry::metrics::install();
     let store = Arc::new(store);
-    let state = AppState::new(&settings, store.clone()).map_err(anyhow::Error::msg)?;
+    let tenants = ameyo_scim::tenants::build(&settings, &|_| None)?;
+    let state = AppState::new(&settings, &tenants, store.clone()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

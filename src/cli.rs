@@ -196,6 +196,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let settings = load(config.as_ref())?;
+            // What `serve` builds at start-up, without touching the database or Ameyo.
+            crate::tenants::build(&settings, &|_| None)?;
             print!("{}", settings.redacted_toml());
             eprintln!("configuration is valid");
             Ok(())

@@ -237,6 +237,20 @@ pub struct AmeyoSettings {
     /// At most this many calls in flight to this Ameyo server from one process.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
+    /// Whether the bridge may take over an Ameyo user that already exists with the
+    /// userId it would create (made by hand or by another system). Off: such a user
+    /// is dead-lettered, so nobody's account is silently taken over.
+    #[serde(default)]
+    pub adopt_existing: bool,
+    /// The userTypes the IdP may give a user (through the Ameyo extension or a rule).
+    /// By default every known type but `Administrator`, so an IdP cannot mint admins.
+    #[serde(default = "default_allowed_user_types")]
+    pub allowed_user_types: Vec<String>,
+    /// The contact centers users may be put in. `None` only before [`Settings::load`]
+    /// or [`Settings::from_toml`] fill in the default:
+    /// [`default_allowed_contact_center_ids`].
+    #[serde(default)]
+    pub allowed_contact_center_ids: Option<Vec<i64>>,
     #[serde(default)]
     pub mapping: MappingSettings,
 }
@@ -267,6 +281,30 @@ fn default_ameyo_request_timeout() -> u64 {
 }
 fn default_max_concurrent_calls() -> usize {
     8
+}
+
+/// Every known Ameyo user type except `Administrator`.
+pub fn default_allowed_user_types() -> Vec<String> {
+    crate::scim::schema::AMEYO_USER_TYPES
+        .iter()
+        .filter(|t| **t != "Administrator")
+        .map(|t| t.to_string())
+        .collect()
+}
+
+/// The tenant's own contact center and every one its mapping rules name: what the
+/// operator has already said users may be put in.
+pub fn default_allowed_contact_center_ids(
+    contact_center_id: i64,
+    mapping: &MappingSettings,
+) -> Vec<i64> {
+    let mut ids = vec![contact_center_id];
+    for id in mapping.rules.iter().filter_map(|r| r.contact_center_id) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// How a SCIM user becomes an Ameyo user.
@@ -501,7 +539,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -525,22 +563,38 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.fill_derived_defaults();
         settings.validate()?;
         Ok(settings)
     }
 
     /// Parse settings from TOML text (for tests and tools), then validate.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let settings: Settings = config::Config::builder()
+        let mut settings: Settings = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()?
             .try_deserialize()?;
+        settings.fill_derived_defaults();
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Check every rule no type can express.
+    /// Defaults that depend on other keys, filled in so `check-config` shows them.
+    fn fill_derived_defaults(&mut self) {
+        for t in &mut self.tenants {
+            let a = &mut t.ameyo;
+            if a.allowed_contact_center_ids.is_none() {
+                a.allowed_contact_center_ids = Some(default_allowed_contact_center_ids(
+                    a.contact_center_id,
+                    &a.mapping,
+                ));
+            }
+        }
+    }
+
+    /// Check every rule no type can express, on the values alone. Whether key files,
+    /// mappings and clients can be built is checked by [`crate::tenants::build`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.server.public_url {
             let u = Url::parse(url).map_err(|e| invalid("server.public_url", e.to_string()))?;
@@ -583,9 +637,6 @@ impl Settings {
                 "sync",
                 "poll_interval_secs, retry_base_ms and retry_cap_secs must be positive",
             ));
-        }
-        if sync.lease_secs < 10 {
-            return Err(invalid("sync.lease_secs", "must be at least 10"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
@@ -636,10 +687,6 @@ impl Settings {
                     "a tenant needs token_sha256 digests, a [tenants.jwt] section, or both",
                 ));
             }
-            if let Some(jwt) = &t.jwt {
-                crate::http::auth::JwtVerifier::from_settings(jwt)
-                    .map_err(|m| invalid(key("jwt"), m))?;
-            }
             let u = Url::parse(&t.ameyo.base_url)
                 .map_err(|e| invalid(key("ameyo.base_url"), e.to_string()))?;
             if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
@@ -655,6 +702,17 @@ impl Settings {
                 ));
             }
             validate_ameyo(&t.ameyo, &|k| key(&format!("ameyo.{k}")))?;
+            let need = min_lease_secs(&t.ameyo);
+            if sync.lease_secs < need {
+                return Err(invalid(
+                    "sync.lease_secs",
+                    format!(
+                        "must be at least {need} for tenant '{}': a delivery makes up to five \
+                         Ameyo calls, so the lease must cover 5 × request_timeout_secs + 5 seconds",
+                        t.id
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -705,13 +763,16 @@ fn validate_ameyo(a: &AmeyoSettings, key: &dyn Fn(&str) -> String) -> Result<(),
             "must be between 1 and 256",
         ));
     }
-    if let Some(ca) = &a.ca_file {
-        std::fs::read(ca).map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
-    }
-    let m = &a.mapping;
-    crate::ameyo::mapping::Mapper::new(m, a.contact_center_id)
-        .map_err(|e| invalid(key("mapping"), e))?;
     Ok(())
+}
+
+/// The shortest lease that covers one delivery to this Ameyo: up to five calls (log
+/// in, list, create, list again, update), plus the five seconds a delivery is cut off
+/// before its lease ends. `request_timeout_secs` is each call's whole deadline, connect
+/// phase included (the client sets it as reqwest's total timeout), so
+/// `connect_timeout_secs` adds nothing to it.
+fn min_lease_secs(a: &AmeyoSettings) -> u64 {
+    a.request_timeout_secs.saturating_mul(5).saturating_add(5)
 }
 
 #[cfg(test)]
@@ -808,24 +869,85 @@ login_password = "ameyo-admin-password"
                 "password_key",
             ),
             (
-                base(
-                    &(tenant("acme", DIGEST)
-                        + "[tenants.ameyo.mapping]\nuser_id_attribute = \"nosuch\"\n"),
-                ),
-                "user_id_attribute",
+                base(&tenant("acme", DIGEST)).replace("[sync]", "[sync]\nlease_secs = 104"),
+                "sync.lease_secs: must be at least 105 for tenant 'acme'",
             ),
             (
                 base(
-                    &(tenant("acme", DIGEST)
-                        + "[[tenants.ameyo.mapping.rules]]\nattribute = \"title\"\nmatches = \"(\"\nuser_type = \"Supervisor\"\n"),
-                ),
-                "rules",
+                    &(tenant("fast", DIGEST)
+                        + "request_timeout_secs = 1\n"
+                        + &tenant("slow", &DIGEST.replace('9', "8"))
+                        + "request_timeout_secs = 2\n"),
+                )
+                .replace("[sync]", "[sync]\nlease_secs = 14"),
+                "sync.lease_secs: must be at least 15 for tenant 'slow'",
+            ),
+            (
+                base(&tenant("acme", DIGEST)).replace("[sync]", "[sync]\nlease_secs = 9")
+                    + "request_timeout_secs = 1\n",
+                "sync.lease_secs: must be at least 10",
             ),
         ];
         for (text, want) in cases {
             let e = Settings::from_toml(&text).expect_err(&text).to_string();
             assert!(e.contains(want), "wanted {want:?} in {e:?}");
         }
+    }
+
+    #[test]
+    fn the_lease_may_be_as_short_as_the_calls_it_covers() {
+        let s = Settings::from_toml(
+            &(base(&tenant("acme", DIGEST)).replace("[sync]", "[sync]\nlease_secs = 10")
+                + "connect_timeout_secs = 30\nrequest_timeout_secs = 1\n"),
+        )
+        .unwrap();
+        assert_eq!(s.sync.lease_secs, 10);
+        let d = SyncSettings::default();
+        let a = &Settings::from_toml(&base(&tenant("acme", DIGEST)))
+            .unwrap()
+            .tenants[0]
+            .ameyo;
+        assert!(d.lease_secs >= min_lease_secs(a), "the defaults pass");
+    }
+
+    #[test]
+    fn bounds_default_to_what_the_operator_already_named_and_are_shown() {
+        let text = base(
+            &(tenant("acme", DIGEST)
+                + "[[tenants.ameyo.mapping.rules]]\nattribute = \"title\"\nmatches = \"x\"\ncontact_center_id = 9\n\
+                   [[tenants.ameyo.mapping.rules]]\nattribute = \"title\"\nmatches = \"y\"\ncontact_center_id = 1\n"),
+        );
+        let s = Settings::from_toml(&text).unwrap();
+        let a = &s.tenants[0].ameyo;
+        assert!(!a.adopt_existing);
+        assert_eq!(a.allowed_contact_center_ids, Some(vec![1, 9]));
+        assert_eq!(
+            a.allowed_user_types,
+            [
+                "Agent",
+                "Supervisor",
+                "Executive",
+                "Professional Agent",
+                "Analyst"
+            ]
+        );
+        let out = s.redacted_toml();
+        assert!(out.contains("adopt_existing = false"), "{out}");
+        assert!(
+            out.contains("allowed_contact_center_ids = [\n    1,\n    9,\n]"),
+            "{out}"
+        );
+        assert!(out.contains("\"Professional Agent\""), "{out}");
+
+        let explicit = Settings::from_toml(
+            &(base(&tenant("acme", DIGEST))
+                + "adopt_existing = true\nallowed_contact_center_ids = [1, 4]\nallowed_user_types = [\"agent\"]\n"),
+        )
+        .unwrap();
+        let a = &explicit.tenants[0].ameyo;
+        assert!(a.adopt_existing);
+        assert_eq!(a.allowed_contact_center_ids, Some(vec![1, 4]));
+        assert_eq!(a.allowed_user_types, ["agent"]);
     }
 
     #[test]

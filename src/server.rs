@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::ameyo::client::SessionStore;
 use crate::config::{Settings, redacted_url};
 use crate::http::{AppState, router};
 use crate::store::PgStore;
 use crate::store::postgres::connect_lazy;
+use crate::store::session::PgSessionStore;
 use crate::sync::Worker;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +56,21 @@ pub async fn serve_with_listener(
     // First, so that series registered at start-up (per-tenant zeros) are recorded.
     crate::telemetry::metrics::install();
     let store = migrate(&settings).await?;
+    // This process's tenants share each Ameyo session with the other replicas.
+    let session_owner = format!(
+        "serve-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let sessions = |tenant: &str| -> Option<Arc<dyn SessionStore>> {
+        Some(Arc::new(PgSessionStore::new(
+            store.pool().clone(),
+            store.cipher().clone(),
+            tenant,
+            &session_owner,
+        )))
+    };
+    let tenants = crate::tenants::build(&settings, &sessions)?;
     let worker = if settings.sync.enabled {
         Some(Arc::new(
             Worker::new(&settings, store.pool().clone(), store.cipher().clone())
@@ -84,7 +101,7 @@ pub async fn serve_with_listener(
         }
         None => None,
     };
-    let state = AppState::new(&settings, store).map_err(anyhow::Error::msg)?;
+    let state = AppState::new(&settings, &tenants, store).map_err(anyhow::Error::msg)?;
     let app = router(
         state,
         Duration::from_secs(settings.server.request_timeout_secs),

@@ -224,8 +224,12 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
         port,
         &db,
         &format!("http://{addr}"),
-        "lease_secs = 10\nconcurrency = 4",
+        "lease_secs = 15\nconcurrency = 4",
     );
+    // A lease must cover a delivery's calls (5 × request_timeout_secs + 5); the config
+    // ends in [tenants.ameyo].
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "request_timeout_secs = 2\n").unwrap();
     let mut serve = start(&config, port, &dir, "first").await;
     let http = reqwest::Client::new();
 

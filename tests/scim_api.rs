@@ -1145,7 +1145,9 @@ async fn a_request_past_its_deadline_gets_a_scim_503(pool: PgPool) {
         pool.clone(),
         ameyo_scim::store::password::PasswordCipher::new(&key),
     );
-    let state = ameyo_scim::http::AppState::new(&settings, std::sync::Arc::new(store)).unwrap();
+    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).unwrap();
+    let state =
+        ameyo_scim::http::AppState::new(&settings, &tenants, std::sync::Arc::new(store)).unwrap();
     let app = TestApp {
         router: ameyo_scim::http::router(state, std::time::Duration::from_millis(1)),
         pool,

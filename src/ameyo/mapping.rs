@@ -5,7 +5,10 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::config::{MappingSettings, OnDeactivate, OnDelete, UserIdTransform};
+use crate::config::{
+    AmeyoSettings, MappingSettings, OnDeactivate, OnDelete, UserIdTransform,
+    default_allowed_contact_center_ids, default_allowed_user_types,
+};
 use crate::scim::schema::{
     self, AMEYO_LOGIN_POLICIES, AMEYO_USER, AMEYO_USER_TYPES, AttrDef, AttrRef,
 };
@@ -129,8 +132,33 @@ pub struct Mapper {
     default_ready: bool,
     contact_center_id: i64,
     rules: Vec<Rule>,
+    bounds: Bounds,
     pub on_deactivate: OnDeactivate,
     pub on_delete: OnDelete,
+}
+
+/// What the IdP may make of a user in this tenant, whatever it sends: the safety net
+/// against an IdP (or a rule) asking for an administrator or a foreign contact center.
+#[derive(Debug)]
+struct Bounds {
+    /// Canonical spellings, from `AMEYO_USER_TYPES`.
+    user_types: Vec<String>,
+    contact_center_ids: Vec<i64>,
+}
+
+impl Bounds {
+    fn user_type_allowed(&self, t: &str) -> bool {
+        self.user_types.iter().any(|a| a.eq_ignore_ascii_case(t))
+    }
+
+    fn user_types_text(&self) -> String {
+        self.user_types.join(", ")
+    }
+
+    fn contact_center_ids_text(&self) -> String {
+        let ids: Vec<String> = self.contact_center_ids.iter().map(i64::to_string).collect();
+        ids.join(", ")
+    }
 }
 
 fn canonical(value: &str, allowed: &[&str], what: &str) -> Result<String, String> {
@@ -142,8 +170,58 @@ fn canonical(value: &str, allowed: &[&str], what: &str) -> Result<String, String
 }
 
 impl Mapper {
-    /// Compile the settings; the message says what is wrong.
+    /// Compile the settings with the default bounds: every known user type but
+    /// `Administrator`, and `contact_center_id` plus the contact centers the rules name.
+    /// The message says what is wrong.
     pub fn new(s: &MappingSettings, contact_center_id: i64) -> Result<Self, String> {
+        let bounds = Bounds {
+            user_types: default_allowed_user_types(),
+            contact_center_ids: default_allowed_contact_center_ids(contact_center_id, s),
+        };
+        Self::compile(s, contact_center_id, bounds)
+    }
+
+    /// Compile a tenant's mapping with its bounds (`allowed_user_types`,
+    /// `allowed_contact_center_ids`). The message starts with the key under
+    /// `[tenants.ameyo]` it concerns: `mapping: ...`, `allowed_user_types: ...`,
+    /// `allowed_contact_center_ids: ...` or `contact_center_id: ...`.
+    pub fn from_ameyo(a: &AmeyoSettings) -> Result<Self, String> {
+        let mut user_types = Vec::with_capacity(a.allowed_user_types.len());
+        for t in &a.allowed_user_types {
+            let t = canonical(t, AMEYO_USER_TYPES, "user type")
+                .map_err(|e| format!("allowed_user_types: {e}"))?;
+            if !user_types.contains(&t) {
+                user_types.push(t);
+            }
+        }
+        let contact_center_ids = a
+            .allowed_contact_center_ids
+            .clone()
+            .unwrap_or_else(|| default_allowed_contact_center_ids(a.contact_center_id, &a.mapping));
+        if contact_center_ids.iter().any(|id| *id < 1) {
+            return Err(
+                "allowed_contact_center_ids: every entry must be a positive integer".into(),
+            );
+        }
+        let bounds = Bounds {
+            user_types,
+            contact_center_ids,
+        };
+        if !bounds.contact_center_ids.contains(&a.contact_center_id) {
+            return Err(format!(
+                "contact_center_id: {} is not in allowed_contact_center_ids ({})",
+                a.contact_center_id,
+                bounds.contact_center_ids_text()
+            ));
+        }
+        Self::compile(&a.mapping, a.contact_center_id, bounds).map_err(|e| format!("mapping: {e}"))
+    }
+
+    fn compile(
+        s: &MappingSettings,
+        contact_center_id: i64,
+        bounds: Bounds,
+    ) -> Result<Self, String> {
         let user_id =
             Source::parse(&s.user_id_attribute).map_err(|e| format!("user_id_attribute: {e}"))?;
         let description = s
@@ -157,6 +235,12 @@ impl Mapper {
         }
         let default_user_type =
             canonical(&s.default_user_type, AMEYO_USER_TYPES, "default_user_type")?;
+        if !bounds.user_type_allowed(&default_user_type) {
+            return Err(format!(
+                "default_user_type '{default_user_type}' is not in allowed_user_types ({})",
+                bounds.user_types_text()
+            ));
+        }
         let default_login_policy = s
             .default_login_policy
             .as_deref()
@@ -168,15 +252,36 @@ impl Mapper {
         let mut rules = Vec::with_capacity(s.rules.len());
         for (i, r) in s.rules.iter().enumerate() {
             let ctx = |e: String| format!("rules[{i}]: {e}");
+            let user_type = r
+                .user_type
+                .as_deref()
+                .map(|t| canonical(t, AMEYO_USER_TYPES, "user_type"))
+                .transpose()
+                .map_err(ctx)?;
+            if let Some(t) = user_type
+                .as_deref()
+                .filter(|t| !bounds.user_type_allowed(t))
+            {
+                return Err(ctx(format!(
+                    "user_type '{t}' is not in allowed_user_types ({})",
+                    bounds.user_types_text()
+                )));
+            }
+            if let Some(id) = r.contact_center_id {
+                if id < 1 {
+                    return Err(ctx("contact_center_id must be a positive integer".into()));
+                }
+                if !bounds.contact_center_ids.contains(&id) {
+                    return Err(ctx(format!(
+                        "contact_center_id {id} is not in allowed_contact_center_ids ({})",
+                        bounds.contact_center_ids_text()
+                    )));
+                }
+            }
             rules.push(Rule {
                 source: Source::parse(&r.attribute).map_err(ctx)?,
                 matches: Regex::new(&r.matches).map_err(|e| ctx(format!("matches: {e}")))?,
-                user_type: r
-                    .user_type
-                    .as_deref()
-                    .map(|t| canonical(t, AMEYO_USER_TYPES, "user_type"))
-                    .transpose()
-                    .map_err(ctx)?,
+                user_type,
                 login_policy: r
                     .login_policy
                     .as_deref()
@@ -199,9 +304,39 @@ impl Mapper {
             default_ready: s.default_ready,
             contact_center_id,
             rules,
+            bounds,
             on_deactivate: s.on_deactivate,
             on_delete: s.on_delete,
         })
+    }
+
+    /// Refuse a mapped user this tenant may not make: a user type outside
+    /// `allowed_user_types` or a contact center outside `allowed_contact_center_ids`,
+    /// whether the IdP's Ameyo extension or a rule asked for it.
+    pub fn check(&self, u: &AmeyoUser) -> Result<(), MappingError> {
+        for (field, t) in [
+            ("userType", &u.user_type),
+            ("systemUserType", &u.system_user_type),
+        ] {
+            if !self.bounds.user_type_allowed(t) {
+                return Err(MappingError(format!(
+                    "{field} '{t}' is not allowed for this tenant (allowed_user_types: {})",
+                    self.bounds.user_types_text()
+                )));
+            }
+        }
+        if !self
+            .bounds
+            .contact_center_ids
+            .contains(&u.contact_center_id)
+        {
+            return Err(MappingError(format!(
+                "contactCenterId {} is not allowed for this tenant (allowed_contact_center_ids: {})",
+                u.contact_center_id,
+                self.bounds.contact_center_ids_text()
+            )));
+        }
+        Ok(())
     }
 
     /// The Ameyo userId this resource maps to (before the user exists in Ameyo).
@@ -480,5 +615,180 @@ mod tests {
         assert!(
             bad(|s| s.default_max_allowed_logins = Some(0)).contains("default_max_allowed_logins")
         );
+    }
+
+    fn rule(user_type: Option<&str>, contact_center_id: Option<i64>) -> MappingRule {
+        MappingRule {
+            attribute: "title".into(),
+            matches: "(?i)lead".into(),
+            user_type: user_type.map(str::to_string),
+            login_policy: None,
+            max_allowed_logins: None,
+            default_ready: None,
+            contact_center_id,
+        }
+    }
+
+    /// A tenant's `[tenants.ameyo]` section, with `extra` keys.
+    fn ameyo(extra: &str) -> AmeyoSettings {
+        toml::from_str(&format!(
+            "base_url = \"https://cc.example.com\"\ncontact_center_id = 7\n\
+             login_user = \"admin\"\nlogin_password = \"pw\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn new_keeps_administrators_and_unnamed_contact_centers_out() {
+        let bad = |f: fn(&mut MappingSettings)| {
+            let mut s = MappingSettings::default();
+            f(&mut s);
+            Mapper::new(&s, 7).unwrap_err()
+        };
+        assert_eq!(
+            bad(|s| s.default_user_type = "administrator".into()),
+            "default_user_type 'Administrator' is not in allowed_user_types \
+             (Agent, Supervisor, Executive, Professional Agent, Analyst)"
+        );
+        assert!(
+            bad(|s| s.rules = vec![rule(Some("Administrator"), None)])
+                .starts_with("rules[0]: user_type 'Administrator' is not in allowed_user_types")
+        );
+        assert_eq!(
+            bad(|s| s.rules = vec![rule(None, Some(0))]),
+            "rules[0]: contact_center_id must be a positive integer"
+        );
+        // A contact center a rule names is allowed by default, for that rule's users.
+        let m = mapper(|s| s.rules = vec![rule(Some("Supervisor"), Some(9))]);
+        let lead = m.map(&resource(json!({"userName": "l", "title": "Lead"})), "l");
+        assert_eq!(
+            (lead.user_type.as_str(), lead.contact_center_id),
+            ("Supervisor", 9)
+        );
+        assert_eq!(m.check(&lead), Ok(()));
+        let plain = m.map(&resource(json!({"userName": "p"})), "p");
+        assert_eq!(m.check(&plain), Ok(()));
+    }
+
+    #[test]
+    fn check_refuses_what_the_tenant_does_not_allow() {
+        let m = mapper(|_| {});
+        let admin = m.map(
+            &resource(json!({"userName": "a", AMEYO_USER: {"userType": "Administrator"}})),
+            "a",
+        );
+        assert_eq!(
+            admin.user_type, "Administrator",
+            "map itself does not judge"
+        );
+        assert_eq!(
+            m.check(&admin).unwrap_err().0,
+            "userType 'Administrator' is not allowed for this tenant \
+             (allowed_user_types: Agent, Supervisor, Executive, Professional Agent, Analyst)"
+        );
+        let elsewhere = m.map(
+            &resource(json!({"userName": "e", AMEYO_USER: {"contactCenterId": 99}})),
+            "e",
+        );
+        assert_eq!(
+            m.check(&elsewhere).unwrap_err().0,
+            "contactCenterId 99 is not allowed for this tenant (allowed_contact_center_ids: 7)"
+        );
+        let mut odd = m.map(&resource(json!({"userName": "o"})), "o");
+        assert_eq!(m.check(&odd), Ok(()));
+        odd.system_user_type = "Administrator".into();
+        assert!(
+            m.check(&odd)
+                .unwrap_err()
+                .0
+                .starts_with("systemUserType 'Administrator'")
+        );
+    }
+
+    #[test]
+    fn from_ameyo_carries_the_configured_bounds() {
+        let m = Mapper::from_ameyo(&ameyo(
+            "allowed_user_types = [\"agent\", \"ADMINISTRATOR\", \"Agent\"]\n\
+             allowed_contact_center_ids = [7, 8]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.bounds.user_types,
+            ["Agent", "Administrator"],
+            "canonical, once each"
+        );
+        let admin = m.map(
+            &resource(json!({"userName": "a", AMEYO_USER: {"userType": "Administrator", "contactCenterId": 8}})),
+            "a",
+        );
+        assert_eq!(m.check(&admin), Ok(()));
+        let sup = m.map(
+            &resource(json!({"userName": "s", AMEYO_USER: {"userType": "Supervisor"}})),
+            "s",
+        );
+        assert!(m.check(&sup).unwrap_err().0.contains(
+            "userType 'Supervisor' is not allowed for this tenant (allowed_user_types: Agent, Administrator)"
+        ));
+        let nine = m.map(
+            &resource(json!({"userName": "n", AMEYO_USER: {"contactCenterId": 9}})),
+            "n",
+        );
+        assert!(
+            m.check(&nine)
+                .unwrap_err()
+                .0
+                .contains("allowed_contact_center_ids: 7, 8")
+        );
+
+        // Without allowed_contact_center_ids (settings not loaded from a file), the
+        // default is derived as in `new`.
+        let m = Mapper::from_ameyo(&ameyo(
+            "[[mapping.rules]]\nattribute = \"title\"\nmatches = \"x\"\ncontact_center_id = 3\n",
+        ))
+        .unwrap();
+        assert_eq!(m.bounds.contact_center_ids, [7, 3]);
+        assert!(!m.bounds.user_type_allowed("Administrator"));
+    }
+
+    #[test]
+    fn from_ameyo_names_the_key_of_each_mistake() {
+        let err = |extra: &str| Mapper::from_ameyo(&ameyo(extra)).unwrap_err();
+        assert_eq!(
+            err("allowed_user_types = [\"Agent\", \"Wizard\"]\n"),
+            "allowed_user_types: user type 'Wizard' is not one of: Agent, Supervisor, \
+             Executive, Professional Agent, Analyst, Administrator"
+        );
+        assert_eq!(
+            err("allowed_contact_center_ids = [7, 0]\n"),
+            "allowed_contact_center_ids: every entry must be a positive integer"
+        );
+        assert_eq!(
+            err("allowed_contact_center_ids = [8]\n"),
+            "contact_center_id: 7 is not in allowed_contact_center_ids (8)"
+        );
+        assert_eq!(
+            err("allowed_user_types = [\"Supervisor\"]\n"),
+            "mapping: default_user_type 'Agent' is not in allowed_user_types (Supervisor)"
+        );
+        assert_eq!(
+            err(
+                "[[mapping.rules]]\nattribute = \"title\"\nmatches = \"x\"\nuser_type = \"Analyst\"\n\
+                 [[mapping.rules]]\nattribute = \"title\"\nmatches = \"y\"\nuser_type = \"administrator\"\n"
+            ),
+            "mapping: rules[1]: user_type 'Administrator' is not in allowed_user_types \
+             (Agent, Supervisor, Executive, Professional Agent, Analyst)"
+        );
+        assert_eq!(
+            err(
+                "allowed_contact_center_ids = [7]\n[[mapping.rules]]\nattribute = \"title\"\n\
+                 matches = \"x\"\ncontact_center_id = 9\n"
+            ),
+            "mapping: rules[0]: contact_center_id 9 is not in allowed_contact_center_ids (7)"
+        );
+        assert_eq!(
+            err("[mapping]\nuser_id_attribute = \"nosuch\"\n"),
+            "mapping: user_id_attribute: unknown SCIM attribute 'nosuch'"
+        );
+        assert!(Mapper::from_ameyo(&ameyo("")).is_ok());
     }
 }

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{JwtSettings, TenantSettings};
+use crate::config::JwtSettings;
 
 /// The tenant a request was authenticated as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,27 +154,25 @@ fn key_family(a: Algorithm) -> KeyFamily {
 /// Every tenant's credentials.
 pub struct Authenticator {
     digests: Vec<([u8; 32], Tenant)>,
-    jwts: Vec<(JwtVerifier, Tenant)>,
+    /// Tenants with a JWT verifier (built once, in [`crate::tenants::build`]).
+    jwts: Vec<(Arc<crate::tenants::Tenant>, Tenant)>,
 }
 
 impl Authenticator {
-    pub fn from_settings(tenants: &[TenantSettings]) -> Result<Self, String> {
+    pub fn from_tenants(tenants: &[Arc<crate::tenants::Tenant>]) -> Result<Self, String> {
         let mut digests = Vec::new();
         let mut jwts = Vec::new();
         for t in tenants {
             let tenant = Tenant(Arc::from(t.id.as_str()));
-            for d in &t.token_sha256 {
+            for d in &t.settings.token_sha256 {
                 let bytes = hex::decode(d).map_err(|e| format!("tenant {}: {e}", t.id))?;
                 let arr: [u8; 32] = bytes
                     .try_into()
                     .map_err(|_| format!("tenant {}: a digest must be 32 bytes", t.id))?;
                 digests.push((arr, tenant.clone()));
             }
-            if let Some(j) = &t.jwt {
-                jwts.push((
-                    JwtVerifier::from_settings(j).map_err(|e| format!("tenant {}: {e}", t.id))?,
-                    tenant.clone(),
-                ));
+            if t.jwt.is_some() {
+                jwts.push((t.clone(), tenant));
             }
         }
         Ok(Self { digests, jwts })
@@ -207,7 +205,7 @@ impl Authenticator {
             return self
                 .jwts
                 .iter()
-                .find(|(v, _)| v.verify(token))
+                .find(|(t, _)| t.jwt.as_ref().is_some_and(|v| v.verify(token)))
                 .map(|(_, t)| t.clone());
         }
         None

@@ -39,11 +39,17 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, store: Arc<dyn UserStore>) -> Result<Self, String> {
+    /// `tenants`: built once by [`crate::tenants::build`]; their tokens and JWT
+    /// verifiers select the tenant of each request.
+    pub fn new(
+        settings: &Settings,
+        tenants: &[Arc<crate::tenants::Tenant>],
+        store: Arc<dyn UserStore>,
+    ) -> Result<Self, String> {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
-                auth: Authenticator::from_settings(&settings.tenants)?,
+                auth: Authenticator::from_tenants(tenants)?,
                 scim: settings.scim.clone(),
                 public_url: settings
                     .server

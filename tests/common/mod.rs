@@ -148,7 +148,8 @@ pub async fn app_with(pool: PgPool, settings: Settings) -> TestApp {
     ameyo_scim::telemetry::metrics::install();
     let key = settings.password_key().expect("key");
     let store = PgStore::new(pool.clone(), PasswordCipher::new(&key));
-    let state = AppState::new(&settings, Arc::new(store)).expect("state");
+    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
+    let state = AppState::new(&settings, &tenants, Arc::new(store)).expect("state");
     TestApp {
         router: router(state, Duration::from_secs(30)),
         pool,
