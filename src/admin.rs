@@ -10,8 +10,7 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ameyo::client::{AmeyoClient, SessionStore};
-use crate::ameyo::mapping::Mapper;
+use crate::ameyo::client::SessionStore;
 use crate::config::{OnDeactivate, Settings};
 use crate::scim::resource::{StoredUser, render};
 use crate::store::outbox::{Outbox, PgOutbox};
@@ -242,22 +241,27 @@ pub async fn reconcile(
     tenant: &str,
     apply: bool,
 ) -> anyhow::Result<ReconcileReport> {
-    let t = settings
-        .tenants
+    if !settings.tenants.iter().any(|t| t.id == tenant) {
+        anyhow::bail!("no tenant {tenant} in the configuration");
+    }
+    let cipher = PasswordCipher::new(&settings.password_key()?);
+    // Share the running service's session rather than ending it with a login of our own.
+    let owner = format!("cli-{}", std::process::id());
+    let sessions = |id: &str| -> Option<Arc<dyn SessionStore>> {
+        Some(Arc::new(PgSessionStore::new(
+            pool.clone(),
+            cipher.clone(),
+            id,
+            &owner,
+        )))
+    };
+    let built = crate::tenants::build(settings, &sessions)?;
+    let t = built
         .iter()
         .find(|t| t.id == tenant)
         .ok_or_else(|| anyhow::anyhow!("no tenant {tenant} in the configuration"))?;
-    let mapper =
-        Mapper::new(&t.ameyo.mapping, t.ameyo.contact_center_id).map_err(anyhow::Error::msg)?;
-    let cipher = PasswordCipher::new(&settings.password_key()?);
-    // Share the running service's session rather than ending it with a login of our own.
-    let shared: Arc<dyn SessionStore> = Arc::new(PgSessionStore::new(
-        pool.clone(),
-        cipher,
-        tenant,
-        &format!("cli-{}", std::process::id()),
-    ));
-    let client = AmeyoClient::new(tenant, &t.ameyo, Some(shared)).map_err(anyhow::Error::msg)?;
+    let mapper = &t.mapper;
+    let client = &t.client;
 
     let outbox = PgOutbox::new(pool.clone());
     let ours = outbox.linked_users(tenant).await?;
@@ -273,7 +277,7 @@ pub async fn reconcile(
         String,
         crate::ameyo::mapping::AmeyoUser,
     )> = Vec::new();
-    let mut centers = BTreeSet::from([t.ameyo.contact_center_id]);
+    let mut centers = BTreeSet::from([t.settings.ameyo.contact_center_id]);
     for u in &ours {
         let resource: Map<String, Value> = u.resource.as_object().cloned().unwrap_or_default();
         let id = match (&u.ameyo_user_id, mapper.user_id(&resource)) {

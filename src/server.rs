@@ -56,12 +56,9 @@ pub async fn serve_with_listener(
     // First, so that series registered at start-up (per-tenant zeros) are recorded.
     crate::telemetry::metrics::install();
     let store = migrate(&settings).await?;
-    // This process's tenants share each Ameyo session with the other replicas.
-    let session_owner = format!(
-        "serve-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    // This process's tenants share each Ameyo session with the other replicas; its
+    // name also marks its leases and heartbeats.
+    let session_owner = crate::sync::this_owner();
     let sessions = |tenant: &str| -> Option<Arc<dyn SessionStore>> {
         Some(Arc::new(PgSessionStore::new(
             store.pool().clone(),
@@ -72,10 +69,13 @@ pub async fn serve_with_listener(
     };
     let tenants = crate::tenants::build(&settings, &sessions)?;
     let worker = if settings.sync.enabled {
-        Some(Arc::new(
-            Worker::new(&settings, store.pool().clone(), store.cipher().clone())
-                .map_err(anyhow::Error::msg)?,
-        ))
+        Some(Arc::new(Worker::from_tenants(
+            &settings.sync,
+            &tenants,
+            Arc::new(store.outbox()),
+            store.cipher().clone(),
+            session_owner.clone(),
+        )))
     } else {
         tracing::warn!("sync.enabled is false: changes are stored but not delivered to Ameyo");
         None

@@ -418,8 +418,34 @@ async fn transient_faults_and_rate_limits_are_retried(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn an_existing_ameyo_user_is_linked_not_duplicated(pool: PgPool) {
+async fn an_existing_ameyo_user_is_not_taken_over_by_default(pool: PgPool) {
     let s = sync_app(pool).await;
+    let planted = json!({
+        "userId": "legacy@example.com", "userType": "Agent", "userName": "Old Name",
+        "systemUserType": "Agent", "contactCenterId": 1
+    });
+    s.emulator.add_user(planted.clone());
+    let id = s.app.create_named("legacy@example.com").await;
+    s.drain(LIMIT).await;
+    let (state, _, error) = s.sync_row(&id).await;
+    assert_eq!(state, "dead");
+    assert!(error.unwrap_or_default().contains("adopt_existing"));
+    assert_eq!(s.emulator.users().len(), 1, "no second account");
+    let kept = s.ameyo_user("legacy@example.com").unwrap();
+    assert_eq!(
+        kept["userName"],
+        json!("Old Name"),
+        "the account is left alone"
+    );
+    assert!(s.calls("PUT", "cc/contactCenterUsers/").is_empty());
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn an_existing_ameyo_user_is_adopted_when_the_operator_allows_it(pool: PgPool) {
+    let s = sync_app_with(pool, Default::default(), |settings| {
+        settings.tenants[0].ameyo.adopt_existing = true;
+    })
+    .await;
     s.emulator.add_user(json!({
         "userId": "legacy@example.com", "userType": "Agent", "userName": "Old Name",
         "systemUserType": "Agent", "contactCenterId": 1
@@ -527,11 +553,18 @@ async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
     s.worker.run_until_idle().await.unwrap();
     // As if the create had reached Ameyo but its answer was lost (a crash right after
     // sending it leaves exactly this row)...
-    sqlx::query("UPDATE sync_state SET create_attempted = true, intended_user_id = 'ann@example.com' WHERE user_id = $1::uuid")
-        .bind(&id)
-        .execute(&s.app.pool)
-        .await
-        .unwrap();
+    // (the claim records the userId and the fields the create carries).
+    sqlx::query(
+        r#"UPDATE sync_state SET create_attempted = true, intended_user_id = 'ann@example.com',
+            last_pushed = '{"user_id": "ann@example.com", "user_name": "ann@example.com",
+              "user_type": "Agent", "system_user_type": "Agent", "contact_center_id": 1,
+              "default_ready": false}'
+           WHERE user_id = $1::uuid"#,
+    )
+    .bind(&id)
+    .execute(&s.app.pool)
+    .await
+    .unwrap();
     s.emulator.set_faults(Faults::default());
     s.emulator.add_user(
         // What the bridge sent: its name is the user's.

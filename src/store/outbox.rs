@@ -270,13 +270,14 @@ pub trait Outbox: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Claimed>>;
     /// Record, fenced by the lease, that this user is about to create `ameyo_user_id`
-    /// on `server`, unless another user owns that userId there.
+    /// on `server` with the fields `sending`, unless another user owns that userId there.
     async fn claim_user_id(
         &self,
         user: Uuid,
         lease_token: Uuid,
         server: &str,
         ameyo_user_id: &str,
+        sending: &Value,
     ) -> Result<UserIdClaim>;
     /// Record the outcome of a delivery and its calls, fenced by the lease token.
     /// `false`: the lease was lost and nothing was recorded but the attempt log.
@@ -405,7 +406,7 @@ RETURNING s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
 
 const CLAIM_USER_ID_SQL: &str = "
 UPDATE sync_state SET create_attempted = true, intended_user_id = $3, ameyo_server = $4,
-    updated_at = now()
+    last_pushed = $5, updated_at = now()
 WHERE user_id = $1 AND lease_token = $2";
 
 /// Who holds a userId on a server, if not `$3`: a tombstone first (it will go).
@@ -649,12 +650,14 @@ impl Outbox for PgOutbox {
         lease_token: Uuid,
         server: &str,
         ameyo_user_id: &str,
+        sending: &Value,
     ) -> Result<UserIdClaim> {
         let marked = sqlx::query(CLAIM_USER_ID_SQL)
             .bind(user)
             .bind(lease_token)
             .bind(ameyo_user_id)
             .bind(server)
+            .bind(sending)
             .execute(&self.pool)
             .await;
         match marked {

@@ -90,9 +90,11 @@ pub enum Step {
         contact_center_id: i64,
         purpose: Purpose,
     },
-    /// Record in the store that this user owns `user_id` (before creating it).
+    /// Record in the store that this user owns `user_id` and is about to create it
+    /// with the fields `sending` (so an unanswered create can be recognised later).
     ClaimUserId {
         user_id: String,
+        sending: Value,
     },
     Create {
         user: AmeyoUser,
@@ -317,7 +319,10 @@ fn provision(case: &Case, p: &Progress, linked: Option<String>) -> Step {
             };
         }
         if p.claimed.as_deref() != Some(id.as_str()) {
-            return Step::ClaimUserId { user_id: id };
+            return Step::ClaimUserId {
+                user_id: id,
+                sending: snapshot(&mapped),
+            };
         }
         return Step::Create {
             user: mapped,
@@ -361,11 +366,13 @@ pub fn observe(case: &Case, p: &mut Progress, step: &Step, answer: Answer) {
             },
             Answer::Listed(found),
         ) => looked_up(case, p, user_id, *purpose, found),
-        (Step::ClaimUserId { user_id }, Answer::Claim(claim)) => match claim {
+        (Step::ClaimUserId { user_id, sending }, Answer::Claim(claim)) => match claim {
             UserIdClaim::Granted => {
                 p.claimed = Some(user_id.clone());
                 p.link.create_attempted = true;
                 p.link.intended_user_id = Some(user_id.clone());
+                // Until the create is confirmed, what it carries.
+                p.link.last_pushed = Some(sending.clone());
             }
             UserIdClaim::HeldByTombstone => {
                 p.finished = Some(Outcome::Retry(CallError::transient(format!(
@@ -433,10 +440,19 @@ fn looked_up(
             // The earlier create never landed; the claim goes with it.
             p.link.create_attempted = false;
             p.link.intended_user_id = None;
+            p.link.last_pushed = None;
         }
         (Purpose::UnconfirmedCreate, Some(found)) => {
+            // What the create carried (recorded with the claim), or failing that what it
+            // would carry now.
+            let sent = p
+                .link
+                .last_pushed
+                .as_ref()
+                .and_then(|v| serde_json::from_value::<AmeyoUser>(v.clone()).ok());
             let mapped = case.policy.mapper.map(case.resource, user_id);
-            if looks_like(&found, &mapped) || case.policy.adopt_existing {
+            let ours = sent.iter().chain([&mapped]).any(|u| looks_like(&found, u));
+            if ours || case.policy.adopt_existing {
                 link_to(p, found);
             } else {
                 p.finished = Some(Outcome::Dead(format!(
@@ -504,6 +520,7 @@ fn failed(case: &Case, p: &mut Progress, step: &Step, e: CallError) {
             if not_sent {
                 p.link.create_attempted = false;
                 p.link.intended_user_id = None;
+                p.link.last_pushed = None;
             }
         }
         _ => {}
@@ -863,15 +880,12 @@ mod tests {
 
     #[test]
     fn out_of_bounds_fields_are_refused() {
-        let m = Mapper::new(
-            &MappingSettings {
-                default_user_type: "Administrator".into(),
-                ..Default::default()
-            },
-            1,
-        )
-        .expect("mapper");
+        let m = mapper();
         let mut s = setup(Target::Active);
+        s.resource.insert(
+            crate::scim::schema::AMEYO_USER.into(),
+            json!({"userType": "Administrator"}),
+        );
         s.bounds = no_admins;
         let (steps, outcome, _) = run(&s, &m, Link::default(), |_| panic!("no call"));
         assert!(steps.is_empty());
@@ -879,6 +893,19 @@ mod tests {
         let (steps, outcome, _) = run(&s, &m, linked("ann@a.example"), |_| panic!("no call"));
         assert!(steps.is_empty());
         assert!(matches!(outcome, Outcome::Dead(_)));
+        // Deprovisioning does not wait for the IdP: the lock goes out with the fields
+        // Ameyo has.
+        s.target = Target::Inactive;
+        let mut link = linked("ann@a.example");
+        let before = m.map(&resource("ann@a.example"), "ann@a.example");
+        link.last_pushed = Some(snapshot(&before));
+        let (steps, outcome, _) = run(&s, &m, link, |_| Answer::Done);
+        assert_eq!(kinds(&steps), ["end_sessions", "update"]);
+        let Step::Update { user, .. } = &steps[1] else {
+            unreachable!()
+        };
+        assert_eq!(user.user_type, "Agent");
+        assert_eq!(outcome, Outcome::Synced);
     }
 
     #[test]
@@ -919,7 +946,7 @@ mod tests {
         // Not there: the create never landed; claim the current id and create.
         let (steps, outcome, _) = run(&s, &m, link.clone(), |step| match step {
             Step::Lookup { .. } => Answer::Listed(None),
-            Step::ClaimUserId { user_id } => {
+            Step::ClaimUserId { user_id, .. } => {
                 assert_eq!(user_id, "ann.renamed@a.example");
                 Answer::Claim(UserIdClaim::Granted)
             }

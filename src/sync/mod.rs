@@ -21,12 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::ameyo::client::{AmeyoClient, CallError, CallRecord, SessionStore};
-use crate::ameyo::mapping::{self, Mapper};
+use crate::ameyo::client::{CallError, CallRecord, SessionStore};
+use crate::ameyo::mapping;
 use crate::config::{Settings, SyncSettings};
 use crate::store::outbox::{Attempt, Claimed, Completion, Outbox, PgOutbox};
 use crate::store::password::PasswordCipher;
 use crate::store::session::PgSessionStore;
+use crate::tenants::Tenant;
 use decide::{Answer, Case, Listed, Outcome, PasswordUse, Policy, Progress, Step, Target};
 
 /// How often a worker says it is alive, and takes back stale leases.
@@ -36,105 +37,64 @@ pub const STALE_AFTER: Duration = Duration::from_secs(6);
 /// Steps one delivery may take; the rules settle in far fewer.
 const MAX_STEPS: usize = 16;
 
-/// One tenant's Ameyo, mapping and delivery policy.
-pub struct TenantLink {
-    pub client: Arc<AmeyoClient>,
-    pub mapper: Mapper,
-    /// The Ameyo server (normalised), the scope of userId ownership.
-    pub server: String,
-    pub adopt_existing: bool,
-    pub login_user: Option<String>,
-    pub request_timeout: Duration,
-}
-
 /// What a worker needs; cheap to share between its tasks.
 pub struct Worker {
     outbox: Arc<dyn Outbox>,
     cipher: PasswordCipher,
-    tenants: HashMap<String, Arc<TenantLink>>,
+    tenants: HashMap<String, Arc<Tenant>>,
     tenant_ids: Vec<String>,
     settings: SyncSettings,
     owner: String,
 }
 
-/// The Ameyo server a base URL names, as the scope of userId ownership: lower-case
-/// scheme, host and explicit port; the path does not matter.
-pub fn server_key(base_url: &str) -> Result<String, String> {
-    let u = reqwest::Url::parse(base_url).map_err(|e| format!("base_url: {e}"))?;
-    let host = u
-        .host_str()
-        .ok_or("base_url: no host")?
-        .to_ascii_lowercase();
-    let port = u
-        .port_or_known_default()
-        .ok_or("base_url: no port for this scheme")?;
-    Ok(format!("{}://{host}:{port}", u.scheme()))
-}
-
 impl Worker {
-    /// Build clients and mappers for every tenant, with the Postgres outbox and the
-    /// Ameyo session shared through Postgres.
+    /// A worker over Postgres: the tenants are built here, each sharing its Ameyo
+    /// session through the database under this worker's name.
     pub fn new(settings: &Settings, pool: PgPool, cipher: PasswordCipher) -> Result<Self, String> {
         let owner = this_owner();
-        let sessions_pool = pool.clone();
-        let sessions_cipher = cipher.clone();
-        let sessions_owner = owner.clone();
-        let sessions = move |tenant: &str| -> Arc<dyn SessionStore> {
-            Arc::new(PgSessionStore::new(
-                sessions_pool.clone(),
-                sessions_cipher.clone(),
+        let sessions = |tenant: &str| -> Option<Arc<dyn SessionStore>> {
+            Some(Arc::new(PgSessionStore::new(
+                pool.clone(),
+                cipher.clone(),
                 tenant,
-                &sessions_owner,
-            ))
+                &owner,
+            )))
         };
-        Self::with_outbox(
-            settings,
-            Arc::new(PgOutbox::new(pool)),
-            cipher,
-            owner,
-            &sessions,
-        )
+        let tenants = crate::tenants::build(settings, &sessions).map_err(|e| e.to_string())?;
+        Ok(Self::from_tenants(
+            &settings.sync,
+            &tenants,
+            Arc::new(PgOutbox::new(pool.clone())),
+            cipher.clone(),
+            owner.clone(),
+        ))
     }
 
-    /// Build a worker over any outbox backend.
-    pub fn with_outbox(
-        settings: &Settings,
+    /// A worker over any outbox backend, for tenants built once at start-up.
+    pub fn from_tenants(
+        settings: &SyncSettings,
+        tenants: &[Arc<Tenant>],
         outbox: Arc<dyn Outbox>,
         cipher: PasswordCipher,
         owner: String,
-        sessions: &dyn Fn(&str) -> Arc<dyn SessionStore>,
-    ) -> Result<Self, String> {
-        let mut tenants = HashMap::new();
-        for t in &settings.tenants {
-            crate::telemetry::metrics::register_tenant(&t.id);
-            let client = AmeyoClient::new(&t.id, &t.ameyo, Some(sessions(&t.id)))
-                .map_err(|e| format!("tenant {}: {e}", t.id))?;
-            let mapper = Mapper::new(&t.ameyo.mapping, t.ameyo.contact_center_id)
-                .map_err(|e| format!("tenant {}: {e}", t.id))?;
-            let server =
-                server_key(&t.ameyo.base_url).map_err(|e| format!("tenant {}: {e}", t.id))?;
-            tenants.insert(
-                t.id.clone(),
-                Arc::new(TenantLink {
-                    client,
-                    mapper,
-                    server,
-                    adopt_existing: false,
-                    login_user: t.ameyo.login_user.clone(),
-                    request_timeout: Duration::from_secs(t.ameyo.request_timeout_secs),
-                }),
-            );
-        }
+    ) -> Self {
+        let tenants: HashMap<String, Arc<Tenant>> = tenants
+            .iter()
+            .map(|t| {
+                crate::telemetry::metrics::register_tenant(&t.id);
+                (t.id.clone(), t.clone())
+            })
+            .collect();
         let mut tenant_ids: Vec<String> = tenants.keys().cloned().collect();
         tenant_ids.sort();
-        Ok(Self {
+        Self {
             outbox,
             cipher,
             tenants,
             tenant_ids,
-            settings: settings.sync.clone(),
+            settings: settings.clone(),
             owner,
-        })
+        }
     }
 
     /// This worker's name in leases and heartbeats.
@@ -390,7 +350,7 @@ impl Worker {
     async fn deliver(
         &self,
         c: &Claimed,
-        tenant: &TenantLink,
+        tenant: &Tenant,
         log: &mut Vec<CallRecord>,
         secrets: &mut Vec<String>,
     ) -> (Outcome, Progress) {
@@ -406,7 +366,7 @@ impl Worker {
             None => None,
         };
         let resource = c.resource.as_object().cloned().unwrap_or_default();
-        let bounds = |_: &mapping::AmeyoUser| -> Result<(), String> { Ok(()) };
+        let bounds = |u: &mapping::AmeyoUser| tenant.mapper.check(u).map_err(|e| e.0);
         let case = Case {
             tenant: &c.tenant_id,
             target: if c.deleted {
@@ -424,8 +384,8 @@ impl Worker {
                 bounds: &bounds,
                 on_deactivate: tenant.mapper.on_deactivate,
                 on_delete: tenant.mapper.on_delete,
-                adopt_existing: tenant.adopt_existing,
-                login_user: tenant.login_user.as_deref(),
+                adopt_existing: tenant.settings.ameyo.adopt_existing,
+                login_user: tenant.settings.ameyo.login_user.as_deref(),
                 update_path_id: tenant.client.update_path_id(),
                 max_attempts: self.settings.max_attempts,
             },
@@ -459,9 +419,9 @@ impl Worker {
                     }
                     Err(e) => Answer::Failed(e),
                 },
-                Step::ClaimUserId { user_id } => match self
+                Step::ClaimUserId { user_id, sending } => match self
                     .outbox
-                    .claim_user_id(c.user_id, c.lease_token, &tenant.server, user_id)
+                    .claim_user_id(c.user_id, c.lease_token, &tenant.server, user_id, sending)
                     .await
                 {
                     Ok(claim) => Answer::Claim(claim),
@@ -555,7 +515,11 @@ impl Worker {
                 );
                 Completion::Retry {
                     link,
-                    delay: decide::retry_delay(e, backoff, tenant.request_timeout),
+                    delay: decide::retry_delay(
+                        e,
+                        backoff,
+                        Duration::from_secs(tenant.settings.ameyo.request_timeout_secs),
+                    ),
                     reason: scrub(e.to_string(), secrets),
                     full_push: decide::needs_full_push(e),
                 }
@@ -599,7 +563,8 @@ fn random_secret() -> SecretString {
     SecretString::from(s)
 }
 
-fn this_owner() -> String {
+/// A name for this process in leases, heartbeats and login leases: host, pid, nonce.
+pub fn this_owner() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
