@@ -2,10 +2,12 @@
 //! owns the session (log in, share the id, log in again once when a call says the
 //! session is gone), caps concurrent calls, and classifies every failure.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode, Url};
+use chrono::{DateTime, Utc};
+use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock, Semaphore};
@@ -16,6 +18,18 @@ use crate::config::{AmeyoSettings, LoginCall, UpdatePathId};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Longest reason kept from an Ameyo error body.
 const MAX_REASON_CHARS: usize = 300;
+/// The reason key by which Ameyo says it does not know the user. Only this exact key
+/// (whole key, ASCII case aside) means absence: the worker treats absence as "already
+/// gone" for deletes and locks, so anything looser would fail open.
+const USER_NOT_FOUND: &str = "user.not.found";
+/// The reason key of a 403 for an expired or unknown session.
+const INVALID_SESSION: &str = "invalid.session.id";
+/// The name of the create call, the only one whose duplicate answer means AlreadyExists.
+const CREATE: &str = "create";
+/// How long a contact center's listing may be reused by [`AmeyoClient::lookup_listing`].
+const LISTING_TTL: Duration = Duration::from_secs(10);
+/// Most contact centers whose listing is kept at once (see [`ListingCache`]).
+const MAX_CACHED_LISTINGS: usize = 32;
 
 /// How a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +91,79 @@ pub struct ListedUser {
     pub raw: Value,
 }
 
+/// The fields of a listed user that lookups need; the raw JSON is not kept, so cached
+/// listings stay small.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedSummary {
+    pub user_id: String,
+    pub cc_user_id: Option<i64>,
+    pub user_name: Option<String>,
+    pub mapping_user_id: Option<String>,
+    pub user_type: Option<String>,
+}
+
+/// One contact center's users as one list call returned them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    /// When the list request was sent: the listing shows Ameyo as it was at some moment
+    /// after this.
+    pub started: DateTime<Utc>,
+    /// By Ameyo userId, exactly as Ameyo spells it.
+    pub users: HashMap<String, ListedSummary>,
+}
+
+impl Listing {
+    /// The user with exactly this userId (no case folding: Ameyo's ids are compared as
+    /// given).
+    pub fn get(&self, user_id: &str) -> Option<&ListedSummary> {
+        self.users.get(user_id)
+    }
+}
+
+/// What is known of one contact center's listing. Its tokio mutex is held while a list
+/// call for that contact center is in flight, so concurrent lookups wait for that one
+/// call instead of each making their own.
+#[derive(Default)]
+struct ListingSlot {
+    /// The last listing and when (monotonic clock) its request was sent.
+    listing: Option<(Instant, Arc<Listing>)>,
+    /// The last failed list call and when it failed: callers that were already waiting
+    /// when it failed get the same error rather than each trying again in turn.
+    failure: Option<(Instant, CallError)>,
+}
+
+/// Listings by contact center. Memory bound: at most [`MAX_CACHED_LISTINGS`] contact
+/// centers are kept (the least recently looked-up one is dropped to make room), each
+/// holding one listing of [`ListedSummary`] values only (no raw JSON), so the cache
+/// holds at most 32 listings' worth of summaries. A dropped slot that still has a call
+/// in flight finishes for its waiters; only later lookups start afresh.
+#[derive(Default)]
+struct ListingCache {
+    slots: HashMap<i64, (Arc<Mutex<ListingSlot>>, Instant)>,
+}
+
+impl ListingCache {
+    fn slot(&mut self, cc_id: i64) -> Arc<Mutex<ListingSlot>> {
+        let now = Instant::now();
+        if let Some((slot, used)) = self.slots.get_mut(&cc_id) {
+            *used = now;
+            return slot.clone();
+        }
+        if self.slots.len() >= MAX_CACHED_LISTINGS
+            && let Some(oldest) = self
+                .slots
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(cc, _)| *cc)
+        {
+            self.slots.remove(&oldest);
+        }
+        let slot = Arc::new(Mutex::new(ListingSlot::default()));
+        self.slots.insert(cc_id, (slot.clone(), now));
+        slot
+    }
+}
+
 /// Where the processes serving a tenant share its Ameyo session. Logging in with
 /// `forceLogin` ends the admin user's other sessions, so replicas that each logged in
 /// would end each other's sessions forever; instead one logs in and all adopt it.
@@ -127,9 +214,13 @@ pub struct AmeyoClient {
     shared: Option<Arc<dyn SessionStore>>,
     /// For metrics labels.
     tenant: String,
+    /// Recent listings per contact center, for [`AmeyoClient::lookup_listing`]. A std
+    /// mutex: it is only held to find a slot, never across an await.
+    listings: std::sync::Mutex<ListingCache>,
 }
 
 /// Outcome of a call that may need a session.
+#[derive(Debug)]
 enum Attempt {
     Done(Value),
     SessionExpired,
@@ -191,6 +282,7 @@ impl AmeyoClient {
             update_path_id: s.update_path_id,
             shared,
             tenant: tenant.to_string(),
+            listings: std::sync::Mutex::new(ListingCache::default()),
         }))
     }
 
@@ -206,7 +298,7 @@ impl AmeyoClient {
     ) -> Result<Option<i64>, CallError> {
         let answer = self
             .call(
-                "create",
+                CREATE,
                 Method::POST,
                 "cc/contactCenterUsers",
                 Some(body),
@@ -259,18 +351,16 @@ impl AmeyoClient {
         Ok(())
     }
 
-    /// `GET cc/contactCenterUsers/getAllContactCenterUsers?ccId=`.
+    /// `GET cc/contactCenterUsers/getAllContactCenterUsers?ccId=`, every user with its
+    /// raw JSON (for reconcile). Not cached: see [`Self::lookup_listing`].
     pub async fn list_users(
         &self,
         cc_id: i64,
         log: &mut Vec<CallRecord>,
     ) -> Result<Vec<ListedUser>, CallError> {
-        let path = format!("cc/contactCenterUsers/getAllContactCenterUsers?ccId={cc_id}");
-        let answer = self.call("list", Method::GET, &path, None, log).await?;
-        let Value::Array(items) = answer else {
-            return Err(CallError::transient("the user list is not a JSON array"));
-        };
-        Ok(items
+        Ok(self
+            .fetch_list(cc_id, log)
+            .await?
             .into_iter()
             .filter_map(|raw| {
                 Some(ListedUser {
@@ -280,6 +370,70 @@ impl AmeyoClient {
                 })
             })
             .collect())
+    }
+
+    /// A listing of contact center `cc_id` whose request was sent at or after
+    /// `not_before`: a cached one younger than [`LISTING_TTL`] if there is one (no call,
+    /// nothing added to `log`), else a fresh one (the freshest there can be, even if
+    /// `not_before` lies in the future). Concurrent lookups of one contact center share
+    /// one list call and get the same `Arc`; callers that waited for a list call that
+    /// failed get its error.
+    pub async fn lookup_listing(
+        &self,
+        cc_id: i64,
+        not_before: DateTime<Utc>,
+        log: &mut Vec<CallRecord>,
+    ) -> Result<Arc<Listing>, CallError> {
+        let arrived = Instant::now();
+        let slot = self
+            .listings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slot(cc_id);
+        // Held across the list call: this is the single flight.
+        let mut slot = slot.lock().await;
+        if let Some((sent, listing)) = &slot.listing
+            && listing.started >= not_before
+            && sent.elapsed() < LISTING_TTL
+        {
+            return Ok(listing.clone());
+        }
+        if let Some((failed, e)) = &slot.failure
+            && *failed >= arrived
+        {
+            return Err(e.clone());
+        }
+        let started = Utc::now();
+        let sent = Instant::now();
+        match self.fetch_list(cc_id, log).await {
+            Ok(items) => {
+                let users = items
+                    .iter()
+                    .filter_map(summarise)
+                    .map(|u| (u.user_id.clone(), u))
+                    .collect();
+                let listing = Arc::new(Listing { started, users });
+                slot.listing = Some((sent, listing.clone()));
+                slot.failure = None;
+                Ok(listing)
+            }
+            Err(e) => {
+                slot.failure = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_list(
+        &self,
+        cc_id: i64,
+        log: &mut Vec<CallRecord>,
+    ) -> Result<Vec<Value>, CallError> {
+        let path = format!("cc/contactCenterUsers/getAllContactCenterUsers?ccId={cc_id}");
+        match self.call("list", Method::GET, &path, None, log).await? {
+            Value::Array(items) => Ok(items),
+            _ => Err(CallError::transient("the user list is not a JSON array")),
+        }
     }
 
     /// A call with the shared session; on an expired session, one login (shared with
@@ -339,10 +493,14 @@ impl AmeyoClient {
         log: &mut Vec<CallRecord>,
     ) -> Result<(SecretString, u64), CallError> {
         let Auth::Login { .. } = &self.auth else {
-            return Err(CallError::Permanent {
-                reason: "the configured static session id was refused by Ameyo".into(),
-                status: None,
-            });
+            // Not permanent: the user's change is fine, only the session is not, and an
+            // operator can fix that; dead-lettering every user would lose the backlog.
+            // Counted as a failed login, so the login-failure alert fires.
+            crate::telemetry::metrics::login(&self.tenant, false);
+            return Err(CallError::transient(
+                "the configured session_id was refused by Ameyo (expired?); configure a fresh \
+                 one or login_user/login_password",
+            ));
         };
         let _single_flight = self.login_lock.lock().await;
         {
@@ -483,7 +641,7 @@ impl AmeyoClient {
         }
         let started = Instant::now();
         let result = match req.send().await {
-            Ok(resp) => classify(resp).await,
+            Ok(resp) => classify(name, resp).await,
             Err(e) => Err(CallError::Transient {
                 reason: describe_transport_error(&e),
                 retry_after: None,
@@ -516,6 +674,27 @@ fn as_i64(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
 }
 
+/// A text field that Ameyo may also send as a number.
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The summary of one listed user; `None` for an entry without a string userId.
+fn summarise(raw: &Value) -> Option<ListedSummary> {
+    let text = |key: &str| raw.get(key).and_then(as_text);
+    Some(ListedSummary {
+        user_id: raw.get("userId")?.as_str()?.to_string(),
+        cc_user_id: raw.get("ccUserId").and_then(as_i64),
+        user_name: text("userName"),
+        mapping_user_id: text("mappingUserId"),
+        user_type: text("userType"),
+    })
+}
+
 /// One path segment, percent-encoded except for the characters RFC 3986 allows there
 /// as they are (so an e-mail userId keeps its `@`).
 fn encode_segment(s: &str) -> String {
@@ -542,29 +721,80 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
     }
 }
 
-/// The reason key of an Ameyo error body: `info`, else `message`, else the text.
-fn reason(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let key = parsed.as_ref().and_then(|v| {
-        ["info", "message"]
-            .iter()
-            .filter_map(|k| v.get(*k)?.as_str())
-            .find(|s| !s.trim().is_empty())
-            .map(str::to_string)
-    });
-    let text = match key {
-        Some(k) => k,
-        None if parsed.is_some() => "no reason given".into(),
-        // Not JSON (an HTML error page, say): a short, single-line excerpt.
-        None => body
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect(),
-    };
-    text.chars().take(MAX_REASON_CHARS).collect()
+/// What an Ameyo error answer says.
+#[derive(Debug, PartialEq)]
+struct ErrorBody {
+    /// The reason keys of `info` and then `message` (each a key or a bracketed,
+    /// comma-separated list of keys), trimmed, without repeats.
+    keys: Vec<String>,
+    /// For messages: the keys, or an excerpt of a body without keys (an HTML page).
+    text: String,
+}
+
+impl ErrorBody {
+    fn parse(body: &str) -> Self {
+        let mut keys: Vec<String> = Vec::new();
+        if let Ok(v) = serde_json::from_str::<Value>(body) {
+            for field in ["info", "message"] {
+                let texts: Vec<&str> = match v.get(field) {
+                    Some(Value::String(s)) => vec![s.as_str()],
+                    Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                for key in texts.into_iter().flat_map(split_keys) {
+                    if !keys.iter().any(|k| k == key) {
+                        keys.push(key.to_string());
+                    }
+                }
+            }
+        }
+        let text = if !keys.is_empty() {
+            keys.join(", ")
+        } else if body.trim().is_empty() {
+            "an empty body".into()
+        } else {
+            // Not Ameyo's error shape (an HTML page, say): a short, single-line excerpt.
+            body.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect()
+        };
+        ErrorBody {
+            keys,
+            text: text.chars().take(MAX_REASON_CHARS).collect(),
+        }
+    }
+
+    /// Whether one key is exactly `key` (ASCII case aside); never a substring match.
+    fn has(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+    }
+
+    /// Whether a key says the userId is taken. A loose match is safe here: the worker
+    /// lists the users to confirm before adopting an existing one.
+    fn says_duplicate(&self) -> bool {
+        self.keys.iter().any(|k| {
+            let k = k.to_ascii_lowercase();
+            ["already", "exists", "duplicate"]
+                .iter()
+                .any(|w| k.contains(w))
+        })
+    }
+}
+
+/// `"[user.not.found, x.y]"` -> `["user.not.found", "x.y"]`; `"user.not.found"` ->
+/// `["user.not.found"]`.
+fn split_keys(text: &str) -> impl Iterator<Item = &str> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(t);
+    t.split(',')
+        .map(|k| k.trim().trim_matches(|c| c == '"' || c == '\'').trim())
+        .filter(|k| !k.is_empty())
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
@@ -617,13 +847,24 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, CallError> {
     }
 }
 
-async fn classify(resp: reqwest::Response) -> Result<Attempt, CallError> {
-    let status = resp.status();
-    let code = status.as_u16();
+async fn classify(call: &str, resp: reqwest::Response) -> Result<Attempt, CallError> {
+    let code = resp.status().as_u16();
     let after = retry_after(&resp);
-    let bytes = read_body(resp).await?;
-    let text = String::from_utf8_lossy(&bytes);
-    if status.is_success() {
+    let body = read_body(resp).await?;
+    classify_answer(call, code, &body, after)
+}
+
+/// The meaning of an HTTP answer to `call`. Fails closed: an answer is absence
+/// (NotFound) or an expired session only when Ameyo says so with its exact reason key,
+/// so a proxy's or firewall's page is retried and visible rather than taken for either.
+fn classify_answer(
+    call: &str,
+    code: u16,
+    body: &[u8],
+    after: Option<Duration>,
+) -> Result<Attempt, CallError> {
+    let text = String::from_utf8_lossy(body);
+    if (200..300).contains(&code) {
         if text.trim().is_empty() {
             return Ok(Attempt::Done(Value::Null));
         }
@@ -636,65 +877,57 @@ async fn classify(resp: reqwest::Response) -> Result<Attempt, CallError> {
                 maybe_applied: true,
             });
     }
-    let why = reason(&text);
-    let lower = why.to_ascii_lowercase();
-    match status {
-        StatusCode::UNAUTHORIZED => Ok(Attempt::SessionExpired),
-        StatusCode::FORBIDDEN if lower.contains("session") || lower.contains("authentication") => {
-            Ok(Attempt::SessionExpired)
-        }
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Err(CallError::Transient {
-            reason: format!("Ameyo answered {code}: {why}"),
+    let answer = ErrorBody::parse(&text);
+    let why = &answer.text;
+    let transient = |reason: String, maybe_applied: bool| {
+        Err(CallError::Transient {
+            reason,
             retry_after: after,
             status: Some(code),
-            maybe_applied: false,
-        }),
-        StatusCode::NOT_FOUND if lower.contains("user") => Err(CallError::NotFound {
+            maybe_applied,
+        })
+    };
+    let status = Some(code);
+    match code {
+        401 => Ok(Attempt::SessionExpired),
+        403 if answer.has(INVALID_SESSION) => Ok(Attempt::SessionExpired),
+        // Not a session Ameyo ended: logging in again would not help and could end the
+        // administrator's other sessions for nothing.
+        403 => transient(
+            format!(
+                "Ameyo answered 403 without {INVALID_SESSION} (a proxy or firewall page, or \
+                 missing rights?): {why}"
+            ),
+            false,
+        ),
+        400 | 404 | 512 if answer.has(USER_NOT_FOUND) => Err(CallError::NotFound {
             reason: format!("Ameyo answered {code}: {why}"),
-            status: Some(code),
+            status,
         }),
-        s if code == 512 => {
-            let reason = format!("Ameyo answered 512: {why}");
-            if lower.contains("not.found")
-                || lower.contains("notfound")
-                || lower.contains("does.not.exist")
-            {
-                Err(CallError::NotFound {
-                    reason,
-                    status: Some(code),
-                })
-            } else if lower.contains("already")
-                || lower.contains("duplicate")
-                || lower.contains("exists")
-            {
-                Err(CallError::AlreadyExists {
-                    reason,
-                    status: Some(code),
-                })
-            } else if permanent_512(&why) {
-                Err(CallError::Permanent {
-                    reason,
-                    status: Some(code),
-                })
-            } else {
-                let _ = s;
-                Err(CallError::Transient {
-                    reason,
-                    retry_after: after,
-                    status: Some(code),
-                    maybe_applied: true,
-                })
-            }
+        400 | 409 | 512 if call == CREATE && answer.says_duplicate() => {
+            Err(CallError::AlreadyExists {
+                reason: format!("Ameyo answered {code}: {why}"),
+                status,
+            })
         }
-        s if s.is_server_error() => Err(CallError::Transient {
-            reason: format!("Ameyo answered {code}: {why}"),
-            retry_after: after,
-            status: Some(code),
-            maybe_applied: true,
+        404 => transient(
+            format!(
+                "Ameyo answered 404 without {USER_NOT_FOUND} (a proxy page or a wrong \
+                 base_url?): {why}"
+            ),
+            false,
+        ),
+        408 | 429 => transient(format!("Ameyo answered {code}: {why}"), false),
+        // Only Ameyo's own keys can make a 512 permanent; a 512 without them is odd
+        // enough to retry.
+        512 if !answer.keys.is_empty() && permanent_512(why) => Err(CallError::Permanent {
+            reason: format!("Ameyo answered 512: {why}"),
+            status,
         }),
+        500..=599 => transient(format!("Ameyo answered {code}: {why}"), true),
         _ => Err(CallError::Permanent {
             reason: format!("Ameyo answered {code}: {why}"),
-            status: Some(code),
+            status,
         }),
     }
 }
@@ -703,25 +936,347 @@ async fn classify(resp: reqwest::Response) -> Result<Attempt, CallError> {
 mod tests {
     use super::*;
 
+    const NGINX_404: &str = "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n\
+        <center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n\
+        <p>The user you are looking for is not here.</p></body>\r\n</html>\r\n";
+
+    fn answer(call: &str, code: u16, body: &str) -> Result<Attempt, CallError> {
+        classify_answer(call, code, body.as_bytes(), None)
+    }
+
+    fn is_not_found(r: &Result<Attempt, CallError>) -> bool {
+        matches!(r, Err(CallError::NotFound { .. }))
+    }
+
+    fn is_expired(r: &Result<Attempt, CallError>) -> bool {
+        matches!(r, Ok(Attempt::SessionExpired))
+    }
+
+    /// A Transient that is not maybe_applied, with the given reason fragment.
+    #[track_caller]
+    fn assert_unapplied_transient(r: Result<Attempt, CallError>, code: u16, fragment: &str) {
+        match r {
+            Err(CallError::Transient {
+                reason,
+                status,
+                maybe_applied: false,
+                ..
+            }) => {
+                assert_eq!(status, Some(code));
+                assert!(reason.contains(fragment), "{reason}");
+            }
+            other => panic!("expected a Transient not applied, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn reasons_come_from_info_then_message_then_text() {
-        assert_eq!(
-            reason(r#"{"message":null,"code":99999,"info":"invalid.session.id","status":403}"#),
-            "invalid.session.id"
+    fn keys_come_from_info_and_message_split_and_trimmed() {
+        let b = ErrorBody::parse(
+            r#"{"message":null,"code":99999,"info":"invalid.session.id","status":403}"#,
         );
+        assert_eq!(b.keys, ["invalid.session.id"]);
+        assert_eq!(b.text, "invalid.session.id");
+        let b = ErrorBody::parse(r#"{"message":"[ user.not.found , x.y ]","info":"a.b"}"#);
+        assert_eq!(b.keys, ["a.b", "user.not.found", "x.y"]);
+        assert_eq!(b.text, "a.b, user.not.found, x.y");
+        // The emulator and some servers repeat the key in both fields.
+        let b = ErrorBody::parse(r#"{"message":"user.not.found","info":"user.not.found"}"#);
+        assert_eq!(b.keys, ["user.not.found"]);
+        let b = ErrorBody::parse(r#"{"message":"InvalidInput","code":40001,"info":""}"#);
+        assert_eq!(b.keys, ["InvalidInput"]);
+        let b = ErrorBody::parse(r#"{"message":["user.not.found"],"info":null}"#);
+        assert_eq!(b.keys, ["user.not.found"]);
+        let b = ErrorBody::parse(r#"{"message":"[]"}"#);
+        assert!(b.keys.is_empty());
+        assert_eq!(b.text, r#"{"message":"[]"}"#);
+        let b = ErrorBody::parse("<html><body>\n Internal   Server Error</body></html>");
+        assert!(b.keys.is_empty());
+        assert_eq!(b.text, "<html><body> Internal Server Error</body></html>");
+        assert_eq!(ErrorBody::parse("  ").text, "an empty body");
         assert_eq!(
-            reason(r#"{"message":"InvalidInput","code":40001,"info":""}"#),
-            "InvalidInput"
+            ErrorBody::parse(&"x".repeat(1000)).text.len(),
+            MAX_REASON_CHARS
         );
-        assert_eq!(
-            reason("<html><body>\n Internal   Server Error</body></html>"),
-            "<html><body> Internal Server Error</body></html>"
-        );
-        assert_eq!(reason(&"x".repeat(1000)).len(), MAX_REASON_CHARS);
+    }
+
+    #[test]
+    fn not_found_only_for_the_exact_user_not_found_key() {
+        for body in [
+            r#"{"message":"user.not.found","code":5123,"info":"user.not.found","status":512}"#,
+            r#"{"message":"[user.not.found]"}"#,
+            r#"{"message":"[x.y, USER.NOT.FOUND]"}"#,
+            r#"{"info":"User.Not.Found"}"#,
+        ] {
+            for call in ["delete", "update", "end_sessions"] {
+                for code in [400, 404, 512] {
+                    assert!(is_not_found(&answer(call, code, body)), "{code} {body}");
+                }
+            }
+        }
+        // The right key on another status is not absence.
+        for code in [403, 409, 500, 503] {
+            assert!(
+                !is_not_found(&answer("delete", code, r#"{"info":"user.not.found"}"#)),
+                "{code}"
+            );
+        }
+        // Substrings and look-alikes are not absence.
+        for body in [
+            r#"{"info":"contactcenter.not.found"}"#,
+            r#"{"info":"user.not.found.in.campaign"}"#,
+            r#"{"message":"no user.not.found here"}"#,
+            r#"{"info":"requested.resource.not.found"}"#,
+            r#"{"info":"user.does.not.exist"}"#,
+            "user.not.found",
+            NGINX_404,
+            "",
+        ] {
+            for code in [400, 404, 512] {
+                assert!(
+                    !is_not_found(&answer("delete", code, body)),
+                    "{code} {body}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_other_404_is_a_visible_transient() {
+        for body in [
+            NGINX_404,
+            r#"{"message":"requested.resource.not.found","code":404,"info":null,"status":404}"#,
+            r#"{"info":"contactcenter.not.found"}"#,
+            "",
+        ] {
+            for call in ["delete", "update", "create", "list"] {
+                assert_unapplied_transient(
+                    answer(call, 404, body),
+                    404,
+                    "Ameyo answered 404 without user.not.found (a proxy page or a wrong base_url?)",
+                );
+            }
+        }
+        assert_unapplied_transient(answer("delete", 404, NGINX_404), 404, "nginx");
+        assert_unapplied_transient(answer("delete", 404, ""), 404, "an empty body");
+    }
+
+    #[test]
+    fn a_512_with_another_not_found_key_is_retried() {
+        match answer("delete", 512, r#"{"info":"contactcenter.not.found"}"#) {
+            Err(CallError::Transient {
+                reason,
+                status: Some(512),
+                ..
+            }) => assert!(reason.contains("contactcenter.not.found"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_expiry_is_401_or_403_with_exactly_invalid_session_id() {
+        assert!(is_expired(&answer("update", 401, "")));
+        assert!(is_expired(&answer(
+            "update",
+            401,
+            r#"{"message":"invalid.authentication.token","code":909090}"#
+        )));
+        assert!(is_expired(&answer(
+            "update",
+            403,
+            r#"{"message":null,"code":99999,"info":"invalid.session.id","status":403}"#
+        )));
+        assert!(is_expired(&answer(
+            "update",
+            403,
+            r#"{"message":"[Invalid.Session.Id]"}"#
+        )));
+        for body in [
+            r#"{"info":"access.denied"}"#,
+            r#"{"info":"invalid.session.id.format"}"#,
+            r#"{"message":"session expired"}"#,
+            "<html><body>Request blocked: invalid.session.id</body></html>",
+            "",
+        ] {
+            assert_unapplied_transient(
+                answer("update", 403, body),
+                403,
+                "Ameyo answered 403 without invalid.session.id",
+            );
+        }
+    }
+
+    #[test]
+    fn already_exists_only_on_create_and_only_on_512_409_400() {
+        for code in [400, 409, 512] {
+            for body in [
+                r#"{"message":"user.already.exists","info":"user.already.exists"}"#,
+                r#"{"info":"duplicate.user.id"}"#,
+                r#"{"message":"[userId.exists]"}"#,
+            ] {
+                assert!(
+                    matches!(
+                        answer("create", code, body),
+                        Err(CallError::AlreadyExists { status: Some(c), .. }) if c == code
+                    ),
+                    "{code} {body}"
+                );
+            }
+        }
+        let dup = r#"{"info":"user.already.exists"}"#;
+        for code in [403, 404, 500] {
+            assert!(
+                !matches!(
+                    answer("create", code, dup),
+                    Err(CallError::AlreadyExists { .. })
+                ),
+                "{code}"
+            );
+        }
+        for call in ["update", "delete", "login", "end_sessions"] {
+            assert!(
+                !matches!(answer(call, 512, dup), Err(CallError::AlreadyExists { .. })),
+                "{call}"
+            );
+        }
+        // A proxy page mentioning "already" is no duplicate either.
+        assert!(!matches!(
+            answer("create", 409, "<html>Request already in progress</html>"),
+            Err(CallError::AlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn other_answers_keep_their_classes() {
+        match answer(
+            "update",
+            512,
+            r#"{"message":"InvalidInput","info":"invalid.user.type"}"#,
+        ) {
+            Err(CallError::Permanent {
+                status: Some(512), ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A 512 without Ameyo's keys is not taken as a verdict on the data.
+        match answer("update", 512, "<html>invalid request</html>") {
+            Err(CallError::Transient {
+                maybe_applied: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match answer(
+            "login",
+            512,
+            r#"{"info":"SessionService.login.failed.not.able.to.fetch.user.info"}"#,
+        ) {
+            Err(CallError::Transient {
+                maybe_applied: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match classify_answer("update", 429, b"", Some(Duration::from_secs(7))) {
+            Err(CallError::Transient {
+                retry_after: Some(d),
+                maybe_applied: false,
+                ..
+            }) => assert_eq!(d, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+        match answer("update", 500, "<html>Internal Server Error</html>") {
+            Err(CallError::Transient {
+                maybe_applied: true,
+                status: Some(500),
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match answer(
+            "update",
+            400,
+            r#"{"message":"InvalidInput","code":40001,"info":"parameter expected in input: userId"}"#,
+        ) {
+            Err(CallError::Permanent { reason, .. }) => assert_eq!(
+                reason,
+                "Ameyo answered 400: parameter expected in input: userId, InvalidInput"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match answer("update", 405, r#"{"message":"method.not.allowed"}"#) {
+            Err(CallError::Permanent {
+                status: Some(405), ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            answer("delete", 200, ""),
+            Ok(Attempt::Done(Value::Null))
+        ));
+        assert!(matches!(
+            answer("list", 200, "[]"),
+            Ok(Attempt::Done(Value::Array(_)))
+        ));
+        match answer("delete", 200, NGINX_404) {
+            Err(CallError::Transient {
+                maybe_applied: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn permanent_512_reasons() {
         assert!(permanent_512("InvalidInput"));
         assert!(!permanent_512(
             "SessionService.login.failed.not.able.to.fetch.user.info"
         ));
+    }
+
+    #[test]
+    fn listed_users_are_summarised_and_looked_up_exactly() {
+        let raw = json!({"userId": "Ann@x.example", "ccUserId": "42", "userName": "Ann",
+            "mappingUserId": 77, "userType": "Agent", "userData": "secret"});
+        let summary = summarise(&raw).expect("has a userId");
+        assert_eq!(
+            summary,
+            ListedSummary {
+                user_id: "Ann@x.example".into(),
+                cc_user_id: Some(42),
+                user_name: Some("Ann".into()),
+                mapping_user_id: Some("77".into()),
+                user_type: Some("Agent".into()),
+            }
+        );
+        assert_eq!(summarise(&json!({"userName": "no id"})), None);
+        assert_eq!(summarise(&json!({"userId": 5})), None);
+        let listing = Listing {
+            started: Utc::now(),
+            users: HashMap::from([(summary.user_id.clone(), summary.clone())]),
+        };
+        assert_eq!(listing.get("Ann@x.example"), Some(&summary));
+        assert_eq!(listing.get("ann@x.example"), None);
+    }
+
+    #[test]
+    fn the_listing_cache_keeps_at_most_32_contact_centers() {
+        let mut cache = ListingCache::default();
+        let first = cache.slot(0);
+        for cc in 1..MAX_CACHED_LISTINGS as i64 {
+            cache.slot(cc);
+        }
+        // Using cc 0 again makes cc 1 the least recently used.
+        assert!(Arc::ptr_eq(&first, &cache.slot(0)));
+        cache.slot(1000);
+        assert_eq!(cache.slots.len(), MAX_CACHED_LISTINGS);
+        assert!(cache.slots.contains_key(&0));
+        assert!(!cache.slots.contains_key(&1));
+        assert!(cache.slots.contains_key(&1000));
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
         assert_eq!(encode_segment("ann@x.example"), "ann@x.example");
         assert_eq!(encode_segment("50%?#"), "50%25%3F%23");
