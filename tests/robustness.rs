@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{Method, Request};
 use common::*;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -70,4 +72,47 @@ async fn a_lock_timeout_answers_503(pool: PgPool) {
     assert_eq!(r.header("retry-after"), Some("5"), "{:?}", r.headers);
     holder.rollback().await.unwrap();
     assert_eq!(app.get("/scim/v2/Users").await.status, 200);
+}
+
+// --- the method label -----------------------------------------------------------
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn unknown_methods_share_one_metrics_label(pool: PgPool) {
+    let app = app(pool).await;
+    for method in ["FOO1", "FOO2", "XYZZY"] {
+        for uri in ["/scim/v2/Users", "/nowhere"] {
+            let req = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(uri)
+                .header("authorization", format!("Bearer {TOKEN_A}"))
+                .body(Body::empty())
+                .unwrap();
+            let r = app.send(req).await;
+            assert!(r.status.is_client_error(), "{method} {uri}: {}", r.status);
+        }
+    }
+    assert_eq!(app.get("/scim/v2/Users").await.status, 200);
+
+    let text = ameyo_scim::telemetry::metrics::install().render();
+    let http: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ameyo_scim_http_request"))
+        .collect();
+    for method in ["FOO1", "FOO2", "XYZZY"] {
+        assert!(
+            !http.iter().any(|l| l.contains(method)),
+            "{method} became a label:\n{}",
+            http.join("\n")
+        );
+    }
+    assert!(
+        http.iter().any(|l| l.contains("method=\"other\"")),
+        "{}",
+        http.join("\n")
+    );
+    assert!(
+        http.iter().any(|l| l.contains("method=\"GET\"")),
+        "{}",
+        http.join("\n")
+    );
 }
