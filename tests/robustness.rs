@@ -3,11 +3,19 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use ameyo_scim::ameyo::client::SessionStore;
+use ameyo_scim::store::password::PasswordCipher;
+use ameyo_scim::store::session::PgSessionStore;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use common::*;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -115,4 +123,179 @@ async fn unknown_methods_share_one_metrics_label(pool: PgPool) {
         "{}",
         http.join("\n")
     );
+}
+
+// --- key rotation ---------------------------------------------------------------
+
+/// Another key, base64 of 32 bytes.
+const NEW_KEY: &str = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=";
+
+fn key(b64: &str) -> [u8; 32] {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// Seal as releases before key ids did: `nonce || ciphertext`.
+fn legacy_seal(key: &[u8; 32], aad: &[u8], secret: &str) -> Vec<u8> {
+    let nonce = [5u8; 12];
+    let ct = Aes256Gcm::new(key.into())
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: secret.as_bytes(),
+                aad,
+            },
+        )
+        .unwrap();
+    [nonce.as_slice(), &ct].concat()
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_session_sealed_under_the_old_key_is_adopted_after_rotation(pool: PgPool) {
+    let old = key(PASSWORD_KEY);
+    let new = key(NEW_KEY);
+    let before = PgSessionStore::new(pool.clone(), PasswordCipher::new(&old), "a", "p1");
+    assert!(before.begin_login(0).await.unwrap());
+    let generation = before
+        .publish(&SecretString::from("session-before-rotation"))
+        .await
+        .unwrap();
+
+    let rotated = PgSessionStore::new(
+        pool.clone(),
+        PasswordCipher::with_previous(&new, &[old]),
+        "a",
+        "p2",
+    );
+    let (session, seen) = rotated.load().await.unwrap();
+    assert_eq!(
+        session.expect("adopted").expose_secret(),
+        "session-before-rotation"
+    );
+    assert_eq!(seen, generation);
+    // Without the previous key it would be lost (and the service would log in again).
+    let forgetful = PgSessionStore::new(pool.clone(), PasswordCipher::new(&new), "a", "p3");
+    assert!(forgetful.load().await.unwrap().0.is_none());
+
+    // A session stored in the format before key ids is adopted too.
+    sqlx::query("UPDATE ameyo_sessions SET sealed = $2 WHERE tenant_id = $1")
+        .bind("a")
+        .bind(legacy_seal(&old, b"ameyo-session:a", "legacy-session"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (session, _) = rotated.load().await.unwrap();
+    assert_eq!(session.expect("adopted").expose_secret(), "legacy-session");
+
+    // The next login seals with the new key: the old one can be dropped after it.
+    assert!(rotated.begin_login(seen).await.unwrap());
+    rotated
+        .publish(&SecretString::from("session-after-rotation"))
+        .await
+        .unwrap();
+    let (session, _) = forgetful.load().await.unwrap();
+    assert_eq!(
+        session.expect("new key").expose_secret(),
+        "session-after-rotation"
+    );
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn rotating_the_password_key_loses_no_pending_password(pool: PgPool) {
+    let s = sync_app(pool.clone()).await;
+    // Delivered under the old key: a session sealed with it is now in the database.
+    s.app.create_named("first@example.com").await;
+    s.drain(LIMIT).await;
+    assert_eq!(s.emulator.login_count(), 1);
+    // A password waits, sealed with the old key.
+    s.app
+        .create_user(json!({
+            "schemas": [USER_SCHEMA],
+            "userName": "second@example.com",
+            "password": "Before-R0tation!"
+        }))
+        .await;
+
+    // Restart with a new key, the old one kept as previous.
+    let mut settings = sync_settings(&s.emulator_url());
+    settings.sync.password_key = Some(NEW_KEY.to_string().into());
+    settings.sync.previous_password_keys = vec![PASSWORD_KEY.to_string().into()];
+    let cipher = PasswordCipher::from_settings(&settings).unwrap();
+    let worker = Arc::new(ameyo_scim::sync::Worker::new(&settings, pool.clone(), cipher).unwrap());
+    worker.run_until_idle().await.unwrap();
+
+    assert_eq!(
+        s.emulator.user_data("second@example.com").as_deref(),
+        Some("Before-R0tation!")
+    );
+    assert_eq!(s.emulator.login_count(), 1, "the old session was adopted");
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_state WHERE state <> 'done'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+}
+
+#[test]
+fn previous_keys_come_from_the_environment_redacted() {
+    let dir = std::env::temp_dir().join(format!("ameyo-scim-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[database]
+url = "postgres://u@127.0.0.1/d"
+[sync]
+password_key = "{NEW_KEY}"
+[[tenants]]
+id = "a"
+token_sha256 = ["{digest}"]
+[tenants.ameyo]
+base_url = "https://cc.example.test"
+contact_center_id = 1
+login_user = "admin"
+login_password = "x"
+"#,
+            digest = ameyo_scim::http::auth::token_digest(TOKEN_A),
+        ),
+    )
+    .unwrap();
+    let run = |keys: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ameyo-scim"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env("AMEYO_SCIM__SYNC__PREVIOUS_PASSWORD_KEYS", keys)
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&format!("{PASSWORD_KEY}, {PASSWORD_KEY}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(
+        shown["sync"]["previous_password_keys"],
+        toml::Value::Array(vec!["REDACTED".into(), "REDACTED".into()]),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&PASSWORD_KEY[..12]), "{stdout}");
+
+    let out = run(&format!("{PASSWORD_KEY},c2hvcnQ="));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sync.previous_password_keys[1]"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
