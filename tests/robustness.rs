@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::http::{Method, Request};
 use common::*;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -298,4 +298,97 @@ login_password = "x"
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// --- unassigning active ---------------------------------------------------------
+
+async fn active_of(app: &TestApp, id: &str) -> (Value, bool) {
+    let r = app.get(&format!("/scim/v2/Users/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let column: bool = sqlx::query_scalar("SELECT active FROM users WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    (r.body["active"].clone(), column)
+}
+
+fn ops(ops: Value) -> Value {
+    json!({"schemas": [PATCH_OP], "Operations": ops})
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn unassigning_active_never_reactivates(pool: PgPool) {
+    let app = app(pool).await;
+    let shapes = [
+        json!([{"op": "remove", "path": "active"}]),
+        json!([{"op": "replace", "path": "active", "value": null}]),
+        json!([{"op": "replace", "value": {"active": null}}]),
+    ];
+    for (i, shape) in shapes.iter().enumerate() {
+        // A deactivated user stays deactivated.
+        let id = app.create_named(&format!("off{i}@example.com")).await;
+        let uri = format!("/scim/v2/Users/{id}");
+        let r = app
+            .patch(
+                &uri,
+                ops(json!([{"op": "replace", "path": "active", "value": false}])),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = app.patch(&uri, ops(shape.clone())).await;
+        assert_eq!(r.status, 200, "{shape}: {}", r.text);
+        assert_eq!(r.body["active"], json!(false), "{shape}");
+        assert_eq!(active_of(&app, &id).await, (json!(false), false), "{shape}");
+
+        // An active user is deactivated.
+        let id = app.create_named(&format!("on{i}@example.com")).await;
+        let uri = format!("/scim/v2/Users/{id}");
+        let r = app.patch(&uri, ops(shape.clone())).await;
+        assert_eq!(r.status, 200, "{shape}: {}", r.text);
+        assert_eq!(active_of(&app, &id).await, (json!(false), false), "{shape}");
+    }
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn put_without_active_keeps_the_current_state(pool: PgPool) {
+    let app = app(pool).await;
+    let id = app
+        .create_user(
+            json!({"schemas": [USER_SCHEMA], "userName": "put@example.com", "active": false}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uri = format!("/scim/v2/Users/{id}");
+    for body in [
+        json!({"schemas": [USER_SCHEMA], "userName": "put@example.com", "displayName": "P"}),
+        json!({"schemas": [USER_SCHEMA], "userName": "put@example.com", "displayName": "Q", "active": null}),
+    ] {
+        let r = app.put(&uri, body.clone()).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text);
+        assert_eq!(active_of(&app, &id).await, (json!(false), false), "{body}");
+    }
+    // What a PUT says still counts.
+    let r = app
+        .put(
+            &uri,
+            json!({"schemas": [USER_SCHEMA], "userName": "put@example.com", "active": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(active_of(&app, &id).await, (json!(true), true));
+    // Nor does omitting it deactivate an active user.
+    let r = app
+        .put(
+            &uri,
+            json!({"schemas": [USER_SCHEMA], "userName": "put@example.com", "displayName": "R"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(active_of(&app, &id).await, (json!(true), true));
+    // POST without `active` creates an active user, as before.
+    let id = app.create_named("post@example.com").await;
+    assert!(active_of(&app, &id).await.1);
 }
