@@ -244,7 +244,7 @@ pub async fn reconcile(
     if !settings.tenants.iter().any(|t| t.id == tenant) {
         anyhow::bail!("no tenant {tenant} in the configuration");
     }
-    let cipher = PasswordCipher::new(&settings.password_key()?);
+    let cipher = PasswordCipher::from_settings(settings)?;
     // Share the running service's session rather than ending it with a login of our own.
     let owner = format!("cli-{}", std::process::id());
     let sessions = |id: &str| -> Option<Arc<dyn SessionStore>> {

@@ -450,6 +450,10 @@ pub struct SyncSettings {
     /// Make one with `openssl rand -base64 32`.
     #[serde(default, serialize_with = "redact_opt")]
     pub password_key: Option<SecretString>,
+    /// Keys `password_key` replaced, same format: they only decrypt what they encrypted
+    /// before the rotation. Drop one once nothing sealed with it remains.
+    #[serde(default, serialize_with = "redact_list")]
+    pub previous_password_keys: Vec<SecretString>,
 }
 
 fn default_true() -> bool {
@@ -489,6 +493,7 @@ impl Default for SyncSettings {
             max_attempts: default_max_attempts(),
             attempt_retention_days: default_attempt_retention(),
             password_key: None,
+            previous_password_keys: Vec::new(),
         }
     }
 }
@@ -502,6 +507,10 @@ fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S:
         Some(_) => s.serialize_str("REDACTED"),
         None => s.serialize_none(),
     }
+}
+
+fn redact_list<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| "REDACTED"))
 }
 
 /// A connection URL with its password replaced (in the user info and in a
@@ -561,7 +570,10 @@ impl Settings {
             config::Environment::with_prefix("AMEYO_SCIM")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                // A comma-separated list; base64 has no comma.
+                .list_separator(",")
+                .with_list_parse_key("sync.previous_password_keys"),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.fill_derived_defaults();
@@ -717,27 +729,47 @@ impl Settings {
         Ok(())
     }
 
-    /// The key that encrypts pending passwords.
+    /// The key that encrypts pending passwords (see [`Settings::password_keys`]).
     pub fn password_key(&self) -> Result<[u8; 32], ConfigError> {
-        use base64::Engine;
+        Ok(self.password_keys()?.0)
+    }
+
+    /// The current key (encrypts and decrypts) and the previous ones (decrypt only),
+    /// every one checked.
+    pub fn password_keys(&self) -> Result<([u8; 32], Vec<[u8; 32]>), ConfigError> {
         let Some(k) = &self.sync.password_key else {
             return Err(invalid(
                 "sync.password_key",
                 "required: 32 random bytes in base64 (openssl rand -base64 32)",
             ));
         };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(k.expose_secret().trim())
-            .map_err(|_| invalid("sync.password_key", "must be base64"))?;
-        bytes
-            .try_into()
-            .map_err(|_| invalid("sync.password_key", "must decode to exactly 32 bytes"))
+        let current = decode_key("sync.password_key", k)?;
+        let previous = self
+            .sync
+            .previous_password_keys
+            .iter()
+            .enumerate()
+            // An empty environment variable lists no key rather than an empty one.
+            .filter(|(_, k)| !k.expose_secret().trim().is_empty())
+            .map(|(i, k)| decode_key(&format!("sync.previous_password_keys[{i}]"), k))
+            .collect::<Result<_, _>>()?;
+        Ok((current, previous))
     }
 
     /// The effective settings as TOML, secrets redacted.
     pub fn redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+fn decode_key(name: &str, key: &SecretString) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.expose_secret().trim())
+        .map_err(|_| invalid(name, "must be base64"))?;
+    bytes
+        .try_into()
+        .map_err(|_| invalid(name, "must decode to exactly 32 bytes"))
 }
 
 fn validate_ameyo(a: &AmeyoSettings, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
@@ -948,6 +980,61 @@ login_password = "ameyo-admin-password"
         assert!(a.adopt_existing);
         assert_eq!(a.allowed_contact_center_ids, Some(vec![1, 4]));
         assert_eq!(a.allowed_user_types, ["agent"]);
+    }
+
+    #[test]
+    fn previous_password_keys_are_checked_and_redacted() {
+        const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        const K2: &str = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=";
+        let with = |list: &str| {
+            base(&tenant("acme", DIGEST)).replace(
+                "[database]",
+                &format!("previous_password_keys = {list}\n[database]"),
+            )
+        };
+        let s = Settings::from_toml(&base(&tenant("acme", DIGEST))).unwrap();
+        let (current, previous) = s.password_keys().unwrap();
+        assert_eq!(&current, b"0123456789abcdef0123456789abcdef");
+        assert!(previous.is_empty());
+
+        let s = Settings::from_toml(&with(&format!(r#"["{K2}", " ", "{K1}"]"#))).unwrap();
+        let (current, previous) = s.password_keys().unwrap();
+        assert_eq!(s.password_key().unwrap(), current);
+        assert_eq!(
+            previous,
+            vec![*b"ABCDEFGHIJKLMNOPQRSTUVWXYZ456789", current]
+        );
+        let out = s.redacted_toml();
+        assert!(
+            !out.contains("QUJDREVG") && !out.contains("MDEyMzQ1"),
+            "{out}"
+        );
+        let shown: Settings = toml::from_str(&out).unwrap();
+        assert_eq!(shown.sync.previous_password_keys.len(), 3);
+        assert!(
+            shown
+                .sync
+                .previous_password_keys
+                .iter()
+                .all(|k| k.expose_secret() == "REDACTED"),
+            "{out}"
+        );
+
+        for (list, want) in [
+            (
+                format!(r#"["{K2}", "c2hvcnQ="]"#),
+                "sync.previous_password_keys[1]",
+            ),
+            (
+                r#"["not base64!"]"#.to_string(),
+                "sync.previous_password_keys[0]",
+            ),
+        ] {
+            let e = Settings::from_toml(&with(&list))
+                .expect_err(&list)
+                .to_string();
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
     }
 
     #[test]

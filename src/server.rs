@@ -35,7 +35,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<PgStore> {
         }
     }
     let pool = connect_lazy(&settings.database).context("invalid database.url")?;
-    let cipher = crate::store::password::PasswordCipher::new(&settings.password_key()?);
+    let cipher = crate::store::password::PasswordCipher::from_settings(settings)?;
     let store = PgStore::new(pool, cipher);
     store.migrate().await.with_context(|| {
         format!(

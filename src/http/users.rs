@@ -306,10 +306,12 @@ pub async fn replace(
 ) -> ApiResult<Response> {
     let input = parse_user(body)?;
     let change = |current: &StoredUser| {
+        let mut input = input.clone();
+        input.keep_active_of(&current.resource);
         if input.password.is_none() && input.resource == current.resource {
             return Ok(None);
         }
-        Ok(Some(input.clone()))
+        Ok(Some(input))
     };
     write(
         &state,

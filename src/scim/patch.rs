@@ -262,6 +262,18 @@ fn apply_attr(
         }
         return Ok(());
     }
+    if def.name == "active" && attr.container == Container::Core && sub.is_none() {
+        // Removing `active` or setting it to null unassigns it, and a user whose IdP
+        // unassigns `active` is not active. Left absent, it would read as the POST
+        // default (true) and reactivate a user the IdP has switched off.
+        let new = match (kind, value) {
+            (OpKind::Remove, _) | (_, None) => None,
+            (_, Some(v)) => normalize_value(def, v, def.name)?,
+        };
+        p.resource
+            .insert(def.name.into(), new.unwrap_or(Value::Bool(false)));
+        return Ok(());
+    }
     let Some(container) = attr
         .container
         .object_mut(&mut p.resource, kind != OpKind::Remove)
@@ -650,6 +662,53 @@ mod tests {
             base(),
             "a password change leaves the resource as it was"
         );
+    }
+
+    #[test]
+    fn unassigning_active_deactivates() {
+        let inactive = patch(json!([{"op": "replace", "path": "active", "value": false}]))
+            .unwrap()
+            .unwrap()
+            .resource;
+        let no_active = parse_user(json!({"schemas": [USER], "userName": "bo@example.com"}))
+            .unwrap()
+            .resource;
+        for ops in [
+            json!([{"op": "remove", "path": "active"}]),
+            json!([{"op": "replace", "path": "active", "value": null}]),
+            json!([{"op": "add", "path": "active", "value": null}]),
+            json!([{"op": "replace", "value": {"active": null}}]),
+            json!([{"op": "Replace", "value": {"urn:ietf:params:scim:schemas:core:2.0:User:active": null}}]),
+            json!([{"op": "remove", "path": "urn:ietf:params:scim:schemas:core:2.0:User:active"}]),
+        ] {
+            let body = json!({"schemas": [PATCH_OP], "Operations": ops});
+            // An active user is switched off.
+            let r = patch_user(&base(), parse_request(body.clone()).unwrap())
+                .unwrap()
+                .expect("changed");
+            assert!(!r.active, "{ops}");
+            assert_eq!(r.resource["active"], json!(false), "{ops}");
+            // An inactive one stays off: nothing changes.
+            assert!(
+                patch_user(&inactive, parse_request(body.clone()).unwrap())
+                    .unwrap()
+                    .is_none(),
+                "{ops}"
+            );
+            // A user created without `active` (so active) is switched off too.
+            let r = patch_user(&no_active, parse_request(body).unwrap())
+                .unwrap()
+                .expect("changed");
+            assert!(!r.active, "{ops}");
+        }
+        // Other removals leave `active` alone.
+        let r = patch_user(
+            &inactive,
+            parse_request(json!({"Operations": [{"op": "remove", "path": "name"}]})).unwrap(),
+        )
+        .unwrap()
+        .expect("changed");
+        assert!(!r.active);
     }
 
     #[test]

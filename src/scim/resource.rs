@@ -25,6 +25,21 @@ pub struct UserInput {
     pub active: bool,
 }
 
+impl UserInput {
+    /// For PUT: a representation that leaves `active` unassigned (absent or null) keeps
+    /// the user's current state. The POST default (true) would reactivate a user the IdP
+    /// switched off; false would switch off one whose IdP does not manage `active`.
+    pub fn keep_active_of(&mut self, current: &Map<String, Value>) {
+        if self.resource.contains_key("active") {
+            return;
+        }
+        if let Some(Value::Bool(active)) = current.get("active") {
+            self.active = *active;
+            self.resource.insert("active".into(), Value::Bool(*active));
+        }
+    }
+}
+
 /// Validate a full User representation, as sent with POST or PUT.
 pub fn parse_user(body: Value) -> Result<UserInput> {
     let Value::Object(obj) = body else {
@@ -63,7 +78,9 @@ fn finish(mut resource: Map<String, Value>, password: Option<SecretString>) -> R
         .get("externalId")
         .and_then(Value::as_str)
         .map(str::to_string);
-    // A user the IdP says nothing about is active; the resource stays as sent.
+    // A user the IdP says nothing about is active; the resource stays as sent. PUT
+    // keeps the current state instead (`UserInput::keep_active_of`), and PATCH never
+    // leaves `active` unassigned: removing it stores false.
     let active = resource
         .get("active")
         .and_then(Value::as_bool)
@@ -507,6 +524,33 @@ mod tests {
             json!({"userType": "Supervisor", "maxAllowedLogins": 2, "defaultReady": true})
         );
         assert!(r.get(schema::ENTERPRISE_USER).is_none());
+    }
+
+    #[test]
+    fn put_without_active_keeps_the_current_state() {
+        let inactive = parse_user(json!({"userName": "a", "active": false}))
+            .unwrap()
+            .resource;
+        for body in [
+            json!({"userName": "a", "displayName": "A"}),
+            json!({"userName": "a", "displayName": "A", "active": null}),
+        ] {
+            let mut u = parse_user(body.clone()).unwrap();
+            assert!(u.active, "POST default: {body}");
+            u.keep_active_of(&inactive);
+            assert!(!u.active, "{body}");
+            assert_eq!(u.resource["active"], json!(false), "{body}");
+        }
+        // What the PUT says wins.
+        let mut u = parse_user(json!({"userName": "a", "active": true})).unwrap();
+        u.keep_active_of(&inactive);
+        assert!(u.active);
+        assert_eq!(u.resource["active"], json!(true));
+        // A user that never had `active` is active, and stays so.
+        let mut u = parse_user(json!({"userName": "a"})).unwrap();
+        u.keep_active_of(&parse_user(json!({"userName": "a"})).unwrap().resource);
+        assert!(u.active);
+        assert!(u.resource.get("active").is_none());
     }
 
     #[test]

@@ -88,13 +88,49 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e)
-            }
-            e => StoreError::Database(e),
+        if is_transient(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
         }
     }
+}
+
+/// Whether an error says "the database cannot serve us right now" rather than "this
+/// request is wrong": the same request may well succeed a little later, so clients get
+/// 503 with `Retry-After` instead of 500.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // A failed TLS handshake, or a byte stream that is not the Postgres protocol (a
+        // proxy restarting, a connection cut mid-message): the link is broken, not the
+        // request, and the pool drops the connection.
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| is_transient_sqlstate(&c)),
+        _ => false,
+    }
+}
+
+/// Transient SQLSTATEs (PostgreSQL manual, appendix A).
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    // Class 08: connection exception.
+    code.starts_with("08")
+        || matches!(
+            code,
+            // admin_shutdown, crash_shutdown, cannot_connect_now, idle_session_timeout:
+            // the server ended or refused the session while it restarts or fails over.
+            "57P01" | "57P02" | "57P03" | "57P05"
+            // query_canceled (statement_timeout), lock_not_available (lock_timeout): the
+            // server is too busy for this request now.
+            | "57014" | "55P03"
+            // insufficient_resources, out_of_memory, too_many_connections. Not 53100
+            // (disk_full) nor 53400 (configuration_limit_exceeded): those last until an
+            // operator acts, so retrying only adds load.
+            | "53000" | "53200" | "53300"
+            // serialization_failure, deadlock_detected: the transaction lost a race and
+            // was rolled back whole; running it again is the documented remedy.
+            | "40001" | "40P01"
+        )
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -130,6 +166,89 @@ pub trait UserStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database error carrying only a SQLSTATE, as the driver would report it.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            "test"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn transient_sqlstates() {
+        for code in [
+            "08000", "08001", "08003", "08004", "08006", "08P01", "57P01", "57P02", "57P03",
+            "57P05", "57014", "55P03", "53000", "53200", "53300", "40001", "40P01",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in [
+            "23505", "23503", "22001", "42P01", "42501", "28000", "28P01", "3D000", "53100",
+            "53400", "40000", "57000", "XX000", "",
+        ] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_unavailable() {
+        let transient = [
+            sqlx::Error::from(Coded("57P01")),
+            sqlx::Error::from(Coded("08006")),
+            sqlx::Error::from(Coded("40001")),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+            sqlx::Error::Tls("handshake failed".into()),
+            sqlx::Error::Protocol("unexpected message".into()),
+        ];
+        for e in transient {
+            let shown = e.to_string();
+            assert!(
+                matches!(StoreError::from(e), StoreError::Unavailable(_)),
+                "{shown}"
+            );
+        }
+        let permanent = [
+            sqlx::Error::from(Coded("23505")),
+            sqlx::Error::from(Coded("42P01")),
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("x".into()),
+        ];
+        for e in permanent {
+            let shown = e.to_string();
+            assert!(
+                matches!(StoreError::from(e), StoreError::Database(_)),
+                "{shown}"
+            );
+        }
+    }
 
     #[test]
     fn if_match_parses_weak_and_strong_tags() {

@@ -1,5 +1,7 @@
 //! The shared Ameyo session of one tenant, in Postgres (sealed like passwords), with a
 //! login lease so that exactly one process logs in at a time and the rest adopt it.
+//! During a key rotation, replicas on the new key still adopt a session sealed under the
+//! old one (kept in `sync.previous_password_keys`); the next login seals with the new.
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -65,7 +67,8 @@ impl SessionStore for PgSessionStore {
         let Some((sealed, generation)) = row else {
             return Ok((None, 0));
         };
-        // A session sealed with another key is as good as none: log in afresh.
+        // The cipher opens sessions sealed under the current key or a previous one. One
+        // sealed with a key no longer configured is as good as none: log in afresh.
         let id = sealed.and_then(|s| self.cipher.open(&self.aad(), &s).ok());
         Ok((id, generation.max(0) as u64))
     }

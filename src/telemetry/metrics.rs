@@ -169,10 +169,26 @@ pub fn register_tenant(tenant: &str) {
 }
 
 pub fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
-    counter!(HTTP_REQUESTS, "route" => route.to_string(), "method" => method.to_string(), "status" => status.to_string())
+    let method = method_label(method);
+    counter!(HTTP_REQUESTS, "route" => route.to_string(), "method" => method, "status" => status.to_string())
         .increment(1);
-    histogram!(HTTP_DURATION, "route" => route.to_string(), "method" => method.to_string())
-        .record(seconds);
+    histogram!(HTTP_DURATION, "route" => route.to_string(), "method" => method).record(seconds);
+}
+
+/// The `method` label: any client, signed in or not, picks the method, so only the
+/// methods we know become labels of their own; the rest share `other`, which keeps the
+/// number of series bounded.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
 }
 
 pub fn delivery(tenant: &str, action: &'static str, outcome: &'static str) {
@@ -218,4 +234,20 @@ pub fn ready(ready: bool) {
 /// A delivery that failed inside the bridge (a panic): a bug to report.
 pub fn delivery_panicked(tenant: &str) {
     counter!(SYNC_PANICS, "tenant" => tenant.to_string()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_label_is_bounded() {
+        for m in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+            assert_eq!(method_label(m), m);
+        }
+        // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET.
+        for m in ["FOO1", "get", "TRACE", "CONNECT", "PROPFIND", ""] {
+            assert_eq!(method_label(m), "other", "{m}");
+        }
+    }
 }
