@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -398,25 +397,20 @@ impl Worker {
                     user_id,
                     contact_center_id,
                     ..
-                } => match tenant.client.list_users(*contact_center_id, log).await {
-                    Ok(users) => {
-                        Answer::Listed(users.into_iter().find(|u| &u.user_id == user_id).map(|u| {
-                            Listed {
-                                user_name: u
-                                    .raw
-                                    .get("userName")
-                                    .and_then(Value::as_str)
-                                    .map(str::to_string),
-                                mapping_user_id: u
-                                    .raw
-                                    .get("mappingUserId")
-                                    .and_then(Value::as_str)
-                                    .map(str::to_string),
-                                user_id: u.user_id,
-                                cc_user_id: u.cc_user_id,
-                            }
-                        }))
-                    }
+                } => match tenant
+                    .client
+                    .lookup_listing(*contact_center_id, c.last_changed, log)
+                    .await
+                {
+                    // One listing serves every lookup of the contact center for a short
+                    // while (single flight), as long as it started after this user's
+                    // last attempt.
+                    Ok(listing) => Answer::Listed(listing.get(user_id).map(|u| Listed {
+                        user_id: u.user_id.clone(),
+                        cc_user_id: u.cc_user_id,
+                        user_name: u.user_name.clone(),
+                        mapping_user_id: u.mapping_user_id.clone(),
+                    })),
                     Err(e) => Answer::Failed(e),
                 },
                 Step::ClaimUserId { user_id, sending } => match self
