@@ -224,12 +224,9 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
         port,
         &db,
         &format!("http://{addr}"),
-        "lease_secs = 15\nconcurrency = 4",
+        // The default lease (120 s): recovery must not wait for it.
+        "concurrency = 4",
     );
-    // A lease must cover a delivery's calls (5 × request_timeout_secs + 5); the config
-    // ends in [tenants.ameyo].
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text + "request_timeout_secs = 2\n").unwrap();
     let mut serve = start(&config, port, &dir, "first").await;
     let http = reqwest::Client::new();
 
@@ -300,10 +297,35 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
         at_kill < USERS as i64,
         "the kill came too late to test anything"
     );
+    // The rows the killed process held when it died.
+    let orphaned: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT lease_owner FROM sync_state WHERE state = 'leased'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+
+    let in_flight = count(
+        &pool,
+        "SELECT count(*) FROM sync_state WHERE state = 'leased'",
+    )
+    .await;
 
     let _serve = start(&config, port, &dir, "second").await;
     let started = Instant::now();
+    let mut taken_back = None;
     loop {
+        if taken_back.is_none() {
+            let still: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sync_state WHERE state = 'leased' AND lease_owner = ANY($1)",
+            )
+            .bind(&orphaned)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if still == 0 {
+                taken_back = Some(started.elapsed());
+            }
+        }
         let done = count(&pool, "SELECT count(*) FROM sync_state WHERE state = 'done' AND synced_version = desired_version").await;
         if done == USERS as i64 {
             break;
@@ -314,6 +336,19 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let converged = started.elapsed();
+    let taken_back = taken_back.unwrap_or(converged);
+    println!(
+        "recovery after SIGKILL: {} leased rows of the killed worker taken back {:.1} s after \
+         restart; all {USERS} users converged {:.1} s after restart (lease: 120 s)",
+        in_flight,
+        taken_back.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert!(
+        taken_back < Duration::from_secs(10),
+        "in-flight rows waited {taken_back:?} for the killed worker"
+    );
     let users = emulator.users();
     assert_eq!(users.len(), USERS);
     for i in 0..USERS {
