@@ -1,10 +1,20 @@
 //! ameyo-scim: a SCIM 2.0 service that provisions users from identity providers (Okta,
 //! Microsoft Entra ID, any SCIM client) into Ameyo contact centers.
 //!
-//! Data flows `http` -> `scim` (pure protocol logic) -> `store` (Postgres, one
-//! transaction per write, with a pending outbox row for delivery to Ameyo).
+//! Two halves, joined only by the database:
 //!
-//! The Ameyo emulator behind the `emulator` subcommand is the `ameyo_emulator` crate.
+//! - **In**: `http` (auth selects the tenant, bounds, SCIM errors) -> `scim` (parse,
+//!   validate, filter, PATCH; pure) -> `store` (one statement writes the user row and
+//!   marks its outbox row pending) -> the IdP's answer, after the commit.
+//! - **Out**: `sync` workers claim due outbox rows through `store::outbox` (lease,
+//!   heartbeat, fencing token) -> `sync::decide` (pure: which Ameyo calls, which
+//!   outcome) -> `ameyo::client` (session, calls, classification) with
+//!   `ameyo::mapping` (pure: SCIM user -> Ameyo fields) -> `store::outbox` records the
+//!   outcome, a retry or a dead letter.
+//!
+//! `tenants` builds each tenant's runtime objects once (JWT verifier, mapping, Ameyo
+//! client); `config` is a leaf of settings types. The Ameyo emulator behind the
+//! `emulator` subcommand is the `ameyo_emulator` crate.
 
 pub mod admin;
 pub mod ameyo;
