@@ -6,6 +6,7 @@ pub mod outbox;
 pub mod password;
 pub mod postgres;
 pub mod session;
+pub mod sqlite;
 
 use async_trait::async_trait;
 use uuid::Uuid;

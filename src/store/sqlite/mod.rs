@@ -1,0 +1,87 @@
+//! The embedded backend: one SQLite file, owned by one process. The same store API as
+//! PostgreSQL (users, outbox, shared session), for single-node installs and
+//! `serve --dev`. Durable: WAL journal with `synchronous = FULL`, so every acknowledged
+//! write survives a crash of the process (and of the machine).
+
+pub mod outbox;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
+
+/// The timestamp format of every time column, as SQLite's `strftime` writes it, so
+/// values written in SQL and in Rust compare correctly as text.
+pub const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%fZ";
+
+/// SQL for "now" in [`TIME_FORMAT`].
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+pub(crate) use now;
+
+/// SQL for "now plus `$param` seconds" (a float parameter) in [`TIME_FORMAT`].
+macro_rules! now_plus {
+    ($param:literal) => {
+        concat!(
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ",
+            $param,
+            " || ' seconds')"
+        )
+    };
+}
+pub(crate) use now_plus;
+
+/// A timestamp in [`TIME_FORMAT`].
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// A pool on the SQLite file at `url` (`sqlite://path`), created if missing.
+pub async fn connect(url: &str, max_connections: u32) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .connect_with(options)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_and_sql_write_one_time_format() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-25T10:00:01.5Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(format_time(t), "2026-11-25T10:00:01.500Z");
+    }
+
+    #[tokio::test]
+    async fn sql_now_sorts_with_rust_times() {
+        let pool = connect("sqlite::memory:", 1).await.unwrap();
+        let now: String = sqlx::query_scalar(concat!("SELECT ", now!()))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(now.len(), "2026-11-25T10:00:01.500Z".len(), "{now}");
+        let later: String = sqlx::query_scalar(concat!("SELECT ", now_plus!("?")))
+            .bind(1.5f64)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(later > now, "{later} > {now}");
+        assert!(format_time(chrono::Utc::now() - chrono::Duration::seconds(5)) < now);
+    }
+}
