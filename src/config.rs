@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub struct Settings {
     #[serde(default)]
     pub server: ServerSettings,
+    #[serde(default)]
     pub database: DatabaseSettings,
     #[serde(default)]
     pub scim: ScimSettings,
@@ -74,8 +75,10 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/database`; its password is redacted in output.
-    #[serde(serialize_with = "redact_url")]
+    /// `postgres://user:password@host:port/database` (its password is redacted in
+    /// output), or `sqlite://path/to/file.db` for the embedded store (the default, in
+    /// the working directory).
+    #[serde(default = "default_database_url", serialize_with = "redact_url")]
     pub url: SecretString,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -88,8 +91,75 @@ pub struct DatabaseSettings {
     pub create_if_missing: bool,
 }
 
+/// The embedded store in the working directory, when no `database.url` is set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://ameyo-scim.db";
+
+fn default_database_url() -> SecretString {
+    SecretString::from(DEFAULT_DATABASE_URL)
+}
+
 fn default_max_connections() -> u32 {
     16
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            max_connections: default_max_connections(),
+            acquire_timeout_secs: default_acquire_timeout(),
+            create_if_missing: false,
+        }
+    }
+}
+
+/// Which backend a `database.url` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Postgres,
+    /// The embedded store in this file (`None`: in memory, for tests).
+    Sqlite { path: Option<PathBuf> },
+}
+
+impl DatabaseSettings {
+    /// The backend the URL names.
+    pub fn kind(&self) -> Result<DatabaseKind, ConfigError> {
+        database_kind(self.url.expose_secret())
+    }
+
+    /// Whether the URL is the built-in default (no `database.url` configured).
+    pub fn is_default(&self) -> bool {
+        self.url.expose_secret() == DEFAULT_DATABASE_URL
+    }
+}
+
+/// The backend a database URL names: `postgres://` / `postgresql://`, or `sqlite://path`,
+/// `sqlite:path`, `sqlite::memory:`.
+pub fn database_kind(url: &str) -> Result<DatabaseKind, ConfigError> {
+    let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(DatabaseKind::Postgres);
+    }
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Err(invalid(
+            "database.url",
+            "must start with postgres:// (or postgresql://) or sqlite://",
+        ));
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    if path == ":memory:" {
+        return Ok(DatabaseKind::Sqlite { path: None });
+    }
+    if path.is_empty() {
+        return Err(invalid(
+            "database.url",
+            "sqlite:// needs a file path, e.g. sqlite://ameyo-scim.db",
+        ));
+    }
+    Ok(DatabaseKind::Sqlite {
+        path: Some(PathBuf::from(path)),
+    })
 }
 fn default_acquire_timeout() -> u64 {
     5
@@ -617,6 +687,7 @@ impl Settings {
         if self.database.url.expose_secret().trim().is_empty() {
             return Err(invalid("database.url", "must not be empty"));
         }
+        self.database.kind()?;
         if !(1..=1000).contains(&self.database.max_connections) {
             return Err(invalid(
                 "database.max_connections",

@@ -8,42 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::ameyo::client::SessionStore;
-use crate::config::{Settings, redacted_url};
+use crate::config::Settings;
 use crate::http::{AppState, router};
-use crate::store::PgStore;
-use crate::store::postgres::connect_lazy;
-use crate::store::session::PgSessionStore;
+use crate::store::backend::{Access, Backend};
 use crate::sync::Worker;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-/// Connect to the database and apply pending migrations.
-pub async fn migrate(settings: &Settings) -> anyhow::Result<PgStore> {
-    if settings.database.create_if_missing {
-        use sqlx::migrate::MigrateDatabase;
-        let url = settings.database.url.expose_secret();
-        let shown = redacted_url(url);
-        if !sqlx::Postgres::database_exists(url)
-            .await
-            .with_context(|| format!("cannot reach {shown}"))?
-        {
-            sqlx::Postgres::create_database(url)
-                .await
-                .with_context(|| format!("cannot create {shown}"))?;
-            tracing::info!(database = %shown, "created the database");
-        }
-    }
-    let pool = connect_lazy(&settings.database).context("invalid database.url")?;
-    let cipher = crate::store::password::PasswordCipher::from_settings(settings)?;
-    let store = PgStore::new(pool, cipher);
-    store.migrate().await.with_context(|| {
-        format!(
-            "cannot apply migrations to {}",
-            redacted_url(settings.database.url.expose_secret())
-        )
-    })?;
-    Ok(store)
+/// Open the configured store and apply pending migrations.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<Backend> {
+    Backend::open(settings, Access::Migrate).await
 }
 
 /// Serve on `listener` until `shutdown` completes, then let in-flight requests finish
@@ -55,32 +28,23 @@ pub async fn serve_with_listener(
 ) -> anyhow::Result<()> {
     // First, so that series registered at start-up (per-tenant zeros) are recorded.
     crate::telemetry::metrics::install();
-    let store = migrate(&settings).await?;
+    let backend = Backend::open(&settings, Access::Serve).await?;
     // This process's tenants share each Ameyo session with the other replicas; its
     // name also marks its leases and heartbeats.
-    let session_owner = crate::sync::this_owner();
-    let sessions = |tenant: &str| -> Option<Arc<dyn SessionStore>> {
-        Some(Arc::new(PgSessionStore::new(
-            store.pool().clone(),
-            store.cipher().clone(),
-            tenant,
-            &session_owner,
-        )))
-    };
-    let tenants = crate::tenants::build(&settings, &sessions)?;
+    let owner = crate::sync::this_owner();
+    let tenants = crate::tenants::build(&settings, &backend.sessions(&owner))?;
     let worker = if settings.sync.enabled {
         Some(Arc::new(Worker::from_tenants(
             &settings.sync,
             &tenants,
-            Arc::new(store.outbox()),
-            store.cipher().clone(),
-            session_owner.clone(),
+            backend.outbox.clone(),
+            backend.cipher.clone(),
+            owner.clone(),
         )))
     } else {
         tracing::warn!("sync.enabled is false: changes are stored but not delivered to Ameyo");
         None
     };
-    let store = Arc::new(store);
     let metrics_task = match settings.server.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -89,7 +53,7 @@ pub async fn serve_with_listener(
             tracing::info!(%addr, "serving metrics at /metrics");
             let tenants = settings.tenants.iter().map(|t| t.id.clone()).collect();
             let app = crate::http::metrics_router(
-                store.clone(),
+                backend.clone(),
                 tenants,
                 settings.database.max_connections,
             );
@@ -101,7 +65,8 @@ pub async fn serve_with_listener(
         }
         None => None,
     };
-    let state = AppState::new(&settings, &tenants, store).map_err(anyhow::Error::msg)?;
+    let state = AppState::new(&settings, &tenants, backend.users.clone())
+        .map_err(anyhow::Error::msg)?;
     let app = router(
         state,
         Duration::from_secs(settings.server.request_timeout_secs),

@@ -160,7 +160,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// The Prometheus listener's router: `GET /metrics`, with the outbox gauges refreshed
 /// from the database on each scrape.
 pub fn metrics_router(
-    store: Arc<crate::store::PgStore>,
+    store: crate::store::backend::Backend,
     tenants: Vec<String>,
     max_connections: u32,
 ) -> Router {
@@ -184,22 +184,17 @@ pub fn metrics_router(
     )
 }
 
-async fn refresh_gauges(store: &crate::store::PgStore, tenants: &[String], max_connections: u32) {
+async fn refresh_gauges(
+    store: &crate::store::backend::Backend,
+    tenants: &[String],
+    max_connections: u32,
+) {
     use crate::telemetry::metrics;
-    let pool = store.pool();
-    let idle = pool.num_idle();
-    metrics::db_pool(
-        idle,
-        (pool.size() as usize).saturating_sub(idle),
-        max_connections,
-    );
-    let ready = tokio::time::timeout(
-        Duration::from_secs(2),
-        crate::store::UserStore::ready(store),
-    )
-    .await;
+    let (idle, size) = store.pool_stats();
+    metrics::db_pool(idle, size.saturating_sub(idle), max_connections);
+    let ready = tokio::time::timeout(Duration::from_secs(2), store.users.ready()).await;
     metrics::ready(matches!(ready, Ok(Ok(()))));
-    let counts = tokio::time::timeout(Duration::from_secs(2), store.sync_counts()).await;
+    let counts = tokio::time::timeout(Duration::from_secs(2), store.outbox.counts()).await;
     let Ok(Ok(counts)) = counts else {
         tracing::warn!("cannot read the outbox for metrics");
         return;

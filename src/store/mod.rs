@@ -1,7 +1,9 @@
 //! Persistence of SCIM users and their outbox rows, behind [`UserStore`]. Postgres is
 //! the backend ([`postgres::PgStore`]); filters are translated to SQL in [`filter_sql`].
 
+pub mod backend;
 pub mod filter_sql;
+pub mod lock;
 pub mod outbox;
 pub mod password;
 pub mod postgres;
@@ -162,6 +164,12 @@ pub trait UserStore: Send + Sync + 'static {
     /// Ready to serve: the database answers and every migration is applied. The
     /// message says what is wrong.
     async fn ready(&self) -> Result<(), String>;
+    /// The users `key` names, for the admin CLI: an id (live or a tombstone), or a
+    /// userName compared case-insensitively (live users only); in one tenant or in all.
+    /// Returns (tenant, id) pairs.
+    async fn find(&self, tenant: Option<&str>, key: &str) -> Result<Vec<(String, Uuid)>>;
+    /// A user even if it is a tombstone on its way out, and whether it is one.
+    async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>>;
 }
 
 #[cfg(test)]

@@ -387,6 +387,47 @@ impl UserStore for PgStore {
         }
     }
 
+    async fn find(&self, tenant: Option<&str>, key: &str) -> Result<Vec<(String, Uuid)>> {
+        Ok(match Uuid::parse_str(key) {
+            Ok(id) => {
+                sqlx::query_as(
+                    "SELECT tenant_id, id FROM users WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+                )
+                .bind(id)
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Err(_) => {
+                sqlx::query_as(
+                    "SELECT tenant_id, id FROM users
+                     WHERE lower(user_name) = lower($1) AND deleted_at IS NULL
+                       AND ($2::text IS NULL OR tenant_id = $2)",
+                )
+                .bind(key)
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        })
+    }
+
+    async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", u.deleted_at IS NOT NULL AS deleted FROM users u WHERE u.tenant_id = $1 AND u.id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((row_to_user(&r)?, r.try_get("deleted")?))),
+        }
+    }
+
     async fn ready(&self) -> Result<(), String> {
         let applied: Vec<i64> =
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")

@@ -1,0 +1,135 @@
+//! The store a process opens, whatever the backend: the user store, the outbox and the
+//! shared Ameyo sessions of one database, behind their traits, so `serve`, the admin
+//! CLI and the worker do not care which database it is. PostgreSQL for production and
+//! replicas; an SQLite file (the default) for one node and `serve --dev`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+
+use super::UserStore;
+use super::lock::StoreLock;
+use super::outbox::{Outbox, PgOutbox};
+use super::password::PasswordCipher;
+use super::postgres::{PgStore, connect_lazy};
+use super::session::PgSessionStore;
+use crate::ameyo::client::SessionStore;
+use crate::config::{DatabaseKind, Settings, redacted_url};
+
+/// The database behind a [`Backend`].
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(sqlx::PgPool),
+}
+
+/// An open store.
+#[derive(Clone)]
+pub struct Backend {
+    pub users: Arc<dyn UserStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub cipher: PasswordCipher,
+    pub db: Db,
+    /// Held by the one process that serves an embedded store.
+    lock: Option<Arc<StoreLock>>,
+}
+
+/// What the store is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `serve`: migrations applied, and the embedded store locked to this process.
+    Serve,
+    /// `migrate`: migrations applied, no lock kept.
+    Migrate,
+    /// An admin command next to a running service: no migrations, no lock.
+    Admin,
+}
+
+impl Backend {
+    /// Open the configured database.
+    pub async fn open(settings: &Settings, access: Access) -> anyhow::Result<Self> {
+        let cipher = PasswordCipher::from_settings(settings)?;
+        let url = settings.database.url.expose_secret();
+        let shown = redacted_url(url);
+        match settings.database.kind()? {
+            DatabaseKind::Postgres => {
+                let mut db = settings.database.clone();
+                if access == Access::Admin {
+                    db.max_connections = db.max_connections.min(2);
+                }
+                if access != Access::Admin && db.create_if_missing {
+                    use sqlx::migrate::MigrateDatabase;
+                    if !sqlx::Postgres::database_exists(url)
+                        .await
+                        .with_context(|| format!("cannot reach {shown}"))?
+                    {
+                        sqlx::Postgres::create_database(url)
+                            .await
+                            .with_context(|| format!("cannot create {shown}"))?;
+                        tracing::info!(database = %shown, "created the database");
+                    }
+                }
+                let pool = connect_lazy(&db).context("invalid database.url")?;
+                let store = PgStore::new(pool.clone(), cipher.clone());
+                match access {
+                    Access::Admin => {
+                        sqlx::query("SELECT 1")
+                            .execute(&pool)
+                            .await
+                            .with_context(|| format!("cannot reach the database {shown}"))?;
+                    }
+                    Access::Serve | Access::Migrate => {
+                        store
+                            .migrate()
+                            .await
+                            .with_context(|| format!("cannot apply migrations to {shown}"))?;
+                    }
+                }
+                Ok(Self {
+                    users: Arc::new(store),
+                    outbox: Arc::new(PgOutbox::new(pool.clone())),
+                    cipher,
+                    db: Db::Postgres(pool),
+                    lock: None,
+                })
+            }
+            DatabaseKind::Sqlite { path } => {
+                anyhow::bail!(
+                    "the embedded store ({}) is not available in this build",
+                    path.map(|p: PathBuf| p.display().to_string())
+                        .unwrap_or_else(|| ":memory:".into())
+                )
+            }
+        }
+    }
+
+    /// Where the processes of each tenant share its Ameyo session, under `owner`.
+    pub fn sessions(&self, owner: &str) -> impl Fn(&str) -> Option<Arc<dyn SessionStore>> {
+        let db = self.db.clone();
+        let cipher = self.cipher.clone();
+        let owner = owner.to_string();
+        move |tenant: &str| -> Option<Arc<dyn SessionStore>> {
+            match &db {
+                Db::Postgres(pool) => Some(Arc::new(PgSessionStore::new(
+                    pool.clone(),
+                    cipher.clone(),
+                    tenant,
+                    &owner,
+                ))),
+            }
+        }
+    }
+
+    /// Connections idle and open, for the pool gauge.
+    pub fn pool_stats(&self) -> (usize, usize) {
+        match &self.db {
+            Db::Postgres(pool) => (pool.num_idle(), pool.size() as usize),
+        }
+    }
+
+    /// Whether this process holds the embedded store's lock.
+    pub fn holds_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+}
