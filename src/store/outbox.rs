@@ -375,7 +375,9 @@ WITH stale AS (
 UPDATE sync_state s SET
     state = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3 AND s.desired_version > s.synced_version
                  THEN 'dead' ELSE 'pending' END,
-    pending_since = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3 THEN NULL ELSE s.pending_since END,
+    -- Cleared only with the dead letter: a row that stays pending keeps saying since when.
+    pending_since = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3 AND s.desired_version > s.synced_version
+                         THEN NULL ELSE s.pending_since END,
     attempts = s.attempts + 1,
     last_error = 'the delivery did not finish (its worker stopped or ran out of lease) '
                  || (s.attempts + 1) || ' time(s)',

@@ -310,8 +310,17 @@ impl Worker {
                 Err(e) => {
                     tracing::error!(panicked = e.is_panic(), "the delivery task failed");
                     crate::telemetry::metrics::delivery_panicked(&c.tenant_id);
+                    let failure = CallError::transient("the delivery failed inside the bridge (see its log)");
+                    // Counted like any failed attempt, so a user whose delivery panics
+                    // every time ends as a dead letter instead of retrying forever.
+                    let max = self.settings.max_attempts;
+                    let outcome = if max > 0 && c.attempts.max(0) as u32 + 1 >= max {
+                        Outcome::Dead(format!("gave up after {max} attempts: {failure}"))
+                    } else {
+                        Outcome::Retry(failure)
+                    };
                     (
-                        Outcome::Retry(CallError::transient("the delivery failed inside the bridge (see its log)")),
+                        outcome,
                         Progress::new(c.link.clone()),
                         Vec::new(),
                         Vec::new(),

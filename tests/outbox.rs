@@ -1,0 +1,694 @@
+//! The outbox under the failures it exists for: replicas that do not know a tenant,
+//! workers that die holding leases, deliveries that crash, creates whose outcome is
+//! unknown, calls that may land late, dead letters an IdP pushes again, and an attempt
+//! log that must be pruned whole.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ameyo_emulator::{EmulatorOptions, Faults, Outage};
+use ameyo_scim::store::outbox::{
+    Attempt, Claimed, Completion, LinkedUser, Outbox, PgOutbox, SyncCount, SyncEntry, UserIdClaim,
+    Which,
+};
+use ameyo_scim::store::password::PasswordCipher;
+use ameyo_scim::sync::{STALE_AFTER, Worker};
+use async_trait::async_trait;
+use axum::http::Method;
+use common::*;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// One outbox row, as the assertions read it.
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    state: String,
+    attempts: i32,
+    last_error: Option<String>,
+    lease_owner: Option<String>,
+    lease_token: Option<Uuid>,
+    last_pushed: Option<Value>,
+    pending_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// `next_attempt_at - updated_at`: the delay the last completion chose.
+    delay_secs: f64,
+}
+
+async fn row(pool: &PgPool, user: Uuid) -> Row {
+    sqlx::query_as(
+        "SELECT state, attempts, last_error, lease_owner, lease_token, last_pushed, pending_since,
+                EXTRACT(EPOCH FROM next_attempt_at - updated_at)::float8 AS delay_secs
+         FROM sync_state WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await
+    .expect("outbox row")
+}
+
+fn uuid(id: &str) -> Uuid {
+    id.parse().expect("a user id is a uuid")
+}
+
+fn tenant_a() -> Vec<String> {
+    vec!["a".to_string()]
+}
+
+/// The settings `sync_app` uses, for building further workers against its emulator.
+fn settings_of(s: &SyncApp) -> ameyo_scim::config::Settings {
+    sync_settings(&s.emulator_url())
+}
+
+fn cipher() -> PasswordCipher {
+    let key = settings().password_key().expect("key");
+    PasswordCipher::new(&key)
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn rows_of_a_tenant_this_process_does_not_know_are_left_alone(pool: PgPool) {
+    let s = sync_app(pool.clone()).await;
+    let mut of_a = Vec::new();
+    let mut of_b = Vec::new();
+    for i in 0..3 {
+        of_a.push(uuid(
+            &s.app.create_named(&format!("a{i}@example.com")).await,
+        ));
+        let r = s
+            .app
+            .call(
+                Method::POST,
+                "/scim/v2/Users",
+                Some(TOKEN_B),
+                Some(json!({"schemas": [USER_SCHEMA], "userName": format!("b{i}@example.com")})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        of_b.push(uuid(r.body["id"].as_str().expect("id")));
+    }
+    // A replica of an older configuration during a rolling deploy: it has never heard
+    // of tenant b.
+    let mut older = settings_of(&s);
+    older.tenants.retain(|t| t.id != "b");
+    let worker = Arc::new(Worker::new(&older, pool.clone(), cipher()).expect("worker"));
+    worker.run_until_idle().await.expect("deliveries");
+
+    for id in &of_a {
+        assert_eq!(row(&pool, *id).await.state, "done");
+    }
+    for id in &of_b {
+        let r = row(&pool, *id).await;
+        assert_eq!(
+            (r.state.as_str(), r.attempts, r.last_error.as_deref()),
+            ("pending", 0, None),
+            "{r:?}"
+        );
+        assert!(r.lease_owner.is_none(), "{r:?}");
+    }
+    assert!(s.ameyo_user("b0@example.com").is_none());
+
+    // A replica that knows tenant b delivers them as if nothing had happened.
+    s.drain(LIMIT).await;
+    for i in 0..3 {
+        assert!(s.ameyo_user(&format!("b{i}@example.com")).is_some());
+    }
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lease(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    for i in 0..4 {
+        app.create_named(&format!("lease{i}@example.com")).await;
+    }
+    // As if each had been pushed before: a takeover must push every field again.
+    sqlx::query("UPDATE sync_state SET last_pushed = '{\"userName\": \"Old\"}'")
+        .execute(&pool)
+        .await
+        .expect("last_pushed");
+    let outbox = Arc::new(PgOutbox::new(pool.clone()));
+    let tenants = tenant_a();
+    let lease = Duration::from_secs(120);
+
+    outbox.heartbeat("dead").await.expect("beat");
+    let last_beat = Instant::now();
+    let dead = outbox
+        .claim("dead", &tenants, lease, 2)
+        .await
+        .expect("claim");
+    outbox.heartbeat("live").await.expect("beat");
+    let live = outbox
+        .claim("live", &tenants, lease, 2)
+        .await
+        .expect("claim");
+    assert_eq!((dead.len(), live.len()), (2, 2));
+    // "live" is slow (its deliveries take long) but alive: it beats every 500 ms.
+    let beating = tokio::spawn({
+        let outbox = outbox.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                outbox.heartbeat("live").await.expect("beat");
+            }
+        }
+    });
+
+    let live_keeps_its_lease = |live: &[Claimed]| {
+        let (pool, live) = (pool.clone(), live.to_vec());
+        async move {
+            for c in &live {
+                let r = row(&pool, c.user_id).await;
+                assert_eq!(r.state, "leased", "{r:?}");
+                assert_eq!(r.lease_owner.as_deref(), Some("live"), "{r:?}");
+                assert_eq!(r.lease_token, Some(c.lease_token), "{r:?}");
+            }
+        }
+    };
+    // A third worker takes back stale leases, as every worker's heartbeat does.
+    let took = loop {
+        outbox
+            .reclaim_stale(&tenants, STALE_AFTER, 25)
+            .await
+            .expect("reclaim");
+        live_keeps_its_lease(&live).await;
+        let mut back = 0;
+        for c in &dead {
+            if row(&pool, c.user_id).await.state == "pending" {
+                back += 1;
+            }
+        }
+        if back == dead.len() {
+            break last_beat.elapsed();
+        }
+        assert!(
+            last_beat.elapsed() < Duration::from_secs(10),
+            "the dead holder's rows are still leased 10 s after its last heartbeat"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "rows of the dead holder pending again {:.2} s after its last heartbeat",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= STALE_AFTER - Duration::from_millis(500),
+        "taken back after {took:?}, before the holder was silent for {STALE_AFTER:?}"
+    );
+    for c in &dead {
+        let r = row(&pool, c.user_id).await;
+        assert_eq!(
+            r.attempts, 1,
+            "the lost delivery counts as an attempt: {r:?}"
+        );
+        assert!(r.last_pushed.is_none(), "{r:?}");
+        assert!(r.lease_owner.is_none() && r.lease_token.is_none(), "{r:?}");
+        assert!(
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not finish")),
+            "{r:?}"
+        );
+    }
+    // Well past the stale window, the live holder still has every lease it took.
+    outbox
+        .reclaim_stale(&tenants, STALE_AFTER, 25)
+        .await
+        .expect("reclaim");
+    live_keeps_its_lease(&live).await;
+    beating.abort();
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_row_whose_holder_keeps_dying_ends_as_a_dead_letter(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let id = uuid(&app.create_named("poison@example.com").await);
+    let outbox = PgOutbox::new(pool.clone());
+    let tenants = tenant_a();
+    for round in 1..=3 {
+        // Each holder takes the row and dies before it ever beats.
+        let claimed = outbox
+            .claim(
+                &format!("crashed-{round}"),
+                &tenants,
+                Duration::from_secs(120),
+                10,
+            )
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "round {round}");
+        assert_eq!(claimed[0].attempts, round - 1);
+        let n = outbox
+            .reclaim_stale(&tenants, STALE_AFTER, 3)
+            .await
+            .expect("reclaim");
+        assert_eq!(n, 1, "round {round}");
+        let r = row(&pool, id).await;
+        assert_eq!(r.attempts, round, "{r:?}");
+        if round < 3 {
+            assert_eq!(r.state, "pending", "{r:?}");
+        } else {
+            assert_eq!(r.state, "dead", "{r:?}");
+            assert!(r.pending_since.is_none(), "{r:?}");
+            assert!(
+                r.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("the delivery did not finish")),
+                "{r:?}"
+            );
+        }
+    }
+    let again = outbox
+        .claim("next", &tenants, Duration::from_secs(120), 10)
+        .await
+        .expect("claim");
+    assert!(again.is_empty(), "a dead letter is not claimed again");
+}
+
+/// Only a row with a version Ameyo has not seen is given up on by the reclaim: one whose
+/// desired version was already delivered (here: an operator's resync of a delivered
+/// user) goes back to pending, its attempt counted and still waiting to be delivered.
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn the_reclaim_dead_letters_only_undelivered_versions(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let undelivered = uuid(&app.create_named("new@example.com").await);
+    let delivered = uuid(&app.create_named("old@example.com").await);
+    sqlx::query(
+        "UPDATE sync_state SET synced_version = desired_version, state = 'done',
+                pending_since = NULL, last_pushed = '{\"userName\": \"Old\"}'
+         WHERE user_id = $1",
+    )
+    .bind(delivered)
+    .execute(&pool)
+    .await
+    .expect("delivered");
+    let outbox = PgOutbox::new(pool.clone());
+    assert_eq!(
+        outbox
+            .resync(Some(&[delivered]), None)
+            .await
+            .expect("resync"),
+        1
+    );
+    // Both at their last attempt.
+    sqlx::query("UPDATE sync_state SET attempts = 2")
+        .execute(&pool)
+        .await
+        .expect("attempts");
+    let tenants = tenant_a();
+    let claimed = outbox
+        .claim("crashed", &tenants, Duration::from_secs(120), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        outbox
+            .reclaim_stale(&tenants, STALE_AFTER, 3)
+            .await
+            .expect("reclaim"),
+        2
+    );
+
+    let r = row(&pool, undelivered).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("dead", 3), "{r:?}");
+    let r = row(&pool, delivered).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("pending", 3), "{r:?}");
+    assert!(r.last_pushed.is_none(), "{r:?}");
+    assert!(
+        r.pending_since.is_some(),
+        "a pending row says since when it waits: {r:?}"
+    );
+}
+
+/// An outbox whose userId claim panics: the delivery task dies in the middle of a
+/// delivery, the way a bug in the bridge would kill it. It hands out work only as many
+/// times as the test allows (`claims`), so each `run_until_idle` is one attempt however
+/// short the retry delay.
+struct PanickingOutbox {
+    inner: PgOutbox,
+    claims: AtomicU32,
+}
+
+#[async_trait]
+impl Outbox for PanickingOutbox {
+    async fn heartbeat(&self, owner: &str) -> ameyo_scim::store::Result<()> {
+        self.inner.heartbeat(owner).await
+    }
+    async fn retire(&self, owner: &str) -> ameyo_scim::store::Result<u64> {
+        self.inner.retire(owner).await
+    }
+    async fn reclaim_stale(
+        &self,
+        tenants: &[String],
+        stale_after: Duration,
+        max_attempts: u32,
+    ) -> ameyo_scim::store::Result<u64> {
+        self.inner
+            .reclaim_stale(tenants, stale_after, max_attempts)
+            .await
+    }
+    async fn claim(
+        &self,
+        owner: &str,
+        tenants: &[String],
+        lease: Duration,
+        limit: usize,
+    ) -> ameyo_scim::store::Result<Vec<Claimed>> {
+        let allowed = self
+            .claims
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if allowed.is_err() {
+            return Ok(Vec::new());
+        }
+        self.inner.claim(owner, tenants, lease, limit).await
+    }
+    async fn claim_user_id(
+        &self,
+        _user: Uuid,
+        _lease_token: Uuid,
+        _server: &str,
+        ameyo_user_id: &str,
+        _sending: &Value,
+    ) -> ameyo_scim::store::Result<UserIdClaim> {
+        panic!("a bug in the bridge while claiming '{ameyo_user_id}'")
+    }
+    async fn complete(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        server: &str,
+        completion: &Completion<'_>,
+        attempts: &[Attempt],
+    ) -> ameyo_scim::store::Result<bool> {
+        self.inner
+            .complete(claimed, owner, server, completion, attempts)
+            .await
+    }
+    async fn adopt_server(&self, tenant: &str, server: &str) -> ameyo_scim::store::Result<u64> {
+        self.inner.adopt_server(tenant, server).await
+    }
+    async fn prune_attempts(&self, older_than_days: u32) -> ameyo_scim::store::Result<u64> {
+        self.inner.prune_attempts(older_than_days).await
+    }
+    async fn listen(self: Arc<Self>, notify: Arc<Notify>, shutdown: CancellationToken) {
+        Arc::new(self.inner.clone()).listen(notify, shutdown).await
+    }
+    async fn counts(&self) -> ameyo_scim::store::Result<Vec<SyncCount>> {
+        self.inner.counts().await
+    }
+    async fn list(
+        &self,
+        which: Which,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> ameyo_scim::store::Result<Vec<SyncEntry>> {
+        self.inner.list(which, tenant, limit).await
+    }
+    async fn rearm_dead(
+        &self,
+        user: Option<Uuid>,
+        tenant: Option<&str>,
+    ) -> ameyo_scim::store::Result<u64> {
+        self.inner.rearm_dead(user, tenant).await
+    }
+    async fn resync(
+        &self,
+        users: Option<&[Uuid]>,
+        tenant: Option<&str>,
+    ) -> ameyo_scim::store::Result<u64> {
+        self.inner.resync(users, tenant).await
+    }
+    async fn forget_links(&self, users: &[Uuid]) -> ameyo_scim::store::Result<u64> {
+        self.inner.forget_links(users).await
+    }
+    async fn linked_users(&self, tenant: &str) -> ameyo_scim::store::Result<Vec<LinkedUser>> {
+        self.inner.linked_users(tenant).await
+    }
+    async fn row_report(&self, user: Uuid) -> ameyo_scim::store::Result<Option<Value>> {
+        self.inner.row_report(user).await
+    }
+    async fn recent_attempts(
+        &self,
+        user: Uuid,
+        limit: i64,
+    ) -> ameyo_scim::store::Result<Vec<Value>> {
+        self.inner.recent_attempts(user, limit).await
+    }
+}
+
+/// `ameyo_scim_sync_delivery_panics_total` of tenant `a`, as exported.
+fn panics_of_a() -> f64 {
+    let text = ameyo_scim::telemetry::metrics::install().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ameyo_scim_sync_delivery_panics_total{tenant=\"a\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(pool: PgPool) {
+    let s = sync_app(pool.clone()).await;
+    let id = uuid(&s.app.create_named("crash@example.com").await);
+    let mut settings = settings_of(&s);
+    settings.sync.max_attempts = 2;
+    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
+    let outbox = Arc::new(PanickingOutbox {
+        inner: PgOutbox::new(pool.clone()),
+        claims: AtomicU32::new(1),
+    });
+    let worker = Arc::new(Worker::from_tenants(
+        &settings.sync,
+        &tenants,
+        outbox.clone(),
+        cipher(),
+        "panicky".into(),
+    ));
+    let before = panics_of_a();
+
+    worker.run_until_idle().await.expect("deliveries");
+    let r = row(&pool, id).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("pending", 1), "{r:?}");
+    assert!(r.lease_owner.is_none(), "the lease is handed back: {r:?}");
+    assert!(
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("inside the bridge")),
+        "{r:?}"
+    );
+    assert!(
+        panics_of_a() >= before + 1.0,
+        "the panic is counted in ameyo_scim_sync_delivery_panics_total"
+    );
+
+    // A delivery that panics every time ends once its attempts are used up.
+    sqlx::query("UPDATE sync_state SET next_attempt_at = now() WHERE user_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect("due");
+    outbox.claims.store(1, Ordering::SeqCst);
+    worker.run_until_idle().await.expect("deliveries");
+    let r = row(&pool, id).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("dead", 2), "{r:?}");
+    assert!(panics_of_a() >= before + 2.0);
+    assert!(s.emulator.users().is_empty());
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn unconfirmed_creates_share_one_listing(pool: PgPool) {
+    let s = sync_app_with(pool.clone(), EmulatorOptions::default(), |st| {
+        st.sync.concurrency = 16;
+    })
+    .await;
+    s.emulator.set_faults(Faults {
+        outage: Some(Outage::Unavailable),
+        ..Faults::default()
+    });
+    let mut names = Vec::new();
+    for i in 0..30 {
+        let name = format!("unsure{i:02}@example.com");
+        s.app.create_named(&name).await;
+        names.push(name);
+    }
+    // One pass during the outage: every attempt fails, nothing is created.
+    s.worker.run_until_idle().await.expect("deliveries");
+    assert!(s.emulator.users().is_empty());
+    // Each create was sent and never answered, as far as the bridge knows.
+    let n = sqlx::query(
+        "UPDATE sync_state s SET create_attempted = true, intended_user_id = u.user_name,
+                state = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL,
+                updated_at = now()
+         FROM users u WHERE u.id = s.user_id",
+    )
+    .execute(&pool)
+    .await
+    .expect("unconfirmed")
+    .rows_affected();
+    assert_eq!(n, 30);
+
+    s.emulator.set_faults(Faults::default());
+    s.emulator.clear_requests();
+    s.drain(LIMIT).await;
+    let listings = s
+        .calls("GET", "cc/contactCenterUsers/getAllContactCenterUsers")
+        .len();
+    println!("{listings} listing(s) for 30 unconfirmed creates");
+    assert!(
+        listings <= 3,
+        "{listings} listings for 30 unconfirmed creates"
+    );
+    let creates = s.calls("POST", "cc/contactCenterUsers");
+    for name in &names {
+        let sent = creates
+            .iter()
+            .filter(|r| r.body.as_ref().is_some_and(|b| b["userId"] == json!(name)))
+            .count();
+        assert_eq!(sent, 1, "{name} created {sent} times");
+        assert!(s.ameyo_user(name).is_some(), "{name}");
+    }
+    assert_eq!(s.emulator.users().len(), 30);
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn a_call_that_may_land_late_is_retried_after_the_request_timeout_with_every_field(
+    pool: PgPool,
+) {
+    // The request timeout is longer than the 1 s Retry-After of the 503 below, so the
+    // two delays can be told apart.
+    let timeout = 2;
+    let s = sync_app_with(pool.clone(), EmulatorOptions::default(), |st| {
+        for t in &mut st.tenants {
+            t.ameyo.request_timeout_secs = timeout;
+        }
+    })
+    .await;
+    let id = s.app.create_named("late@example.com").await;
+    s.drain(LIMIT).await;
+    let uri = format!("/scim/v2/Users/{id}");
+    let rename = |name: &str| {
+        json!({"schemas": [PATCH_OP],
+               "Operations": [{"op": "replace", "path": "displayName", "value": name}]})
+    };
+
+    // Ameyo answers after the bridge stopped waiting: the update may still land.
+    s.emulator.set_faults(Faults {
+        latency_ms: timeout * 1000 + 500,
+        ..Faults::default()
+    });
+    assert_eq!(s.app.patch(&uri, rename("Late")).await.status, 200);
+    s.worker.run_until_idle().await.expect("deliveries");
+    let r = row(&pool, uuid(&id)).await;
+    assert_eq!(r.state, "pending", "{r:?}");
+    assert!(
+        r.delay_secs >= timeout as f64 - 0.01,
+        "retried {:.3} s after a call that may still land (request timeout {timeout} s)",
+        r.delay_secs
+    );
+    assert!(
+        r.last_pushed.is_none(),
+        "the next attempt pushes every field: {r:?}"
+    );
+
+    // An answered 503 was not in flight: the normal backoff (here Retry-After: 1 s).
+    s.emulator.set_faults(Faults {
+        outage: Some(Outage::Unavailable),
+        ..Faults::default()
+    });
+    sqlx::query("UPDATE sync_state SET next_attempt_at = now() WHERE user_id = $1")
+        .bind(uuid(&id))
+        .execute(&pool)
+        .await
+        .expect("due");
+    s.worker.run_until_idle().await.expect("deliveries");
+    let r = row(&pool, uuid(&id)).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("pending", 2), "{r:?}");
+    assert!(
+        r.delay_secs < timeout as f64 - 0.5,
+        "retried {:.3} s after an answered 503",
+        r.delay_secs
+    );
+
+    s.emulator.set_faults(Faults::default());
+    s.emulator.clear_requests();
+    s.drain(LIMIT).await;
+    assert_eq!(s.calls("PUT", "cc/contactCenterUsers/").len(), 1);
+    assert_eq!(
+        s.ameyo_user("late@example.com").expect("user")["userName"],
+        json!("Late")
+    );
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn pushing_an_unchanged_dead_letter_again_rearms_it(pool: PgPool) {
+    let s = sync_app(pool.clone()).await;
+    s.emulator.set_faults(Faults {
+        reject_user_ids: vec!["rex@example.com".into()],
+        ..Faults::default()
+    });
+    let body = json!({
+        "schemas": [USER_SCHEMA],
+        "userName": "rex@example.com",
+        "name": {"givenName": "Rex", "familyName": "Example"},
+        "active": true
+    });
+    let created = s.app.create_user(body.clone()).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    s.drain(LIMIT).await;
+    let r = row(&pool, uuid(&id)).await;
+    assert_eq!(r.state, "dead", "{r:?}");
+
+    // The IdP's "push again": the very same body.
+    let put = s.app.put(&format!("/scim/v2/Users/{id}"), body).await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    assert_eq!(
+        put.body["meta"]["version"], created["meta"]["version"],
+        "nothing changed"
+    );
+    let r = row(&pool, uuid(&id)).await;
+    assert_eq!(
+        (r.state.as_str(), r.attempts, r.last_error.as_deref()),
+        ("pending", 0, None),
+        "{r:?}"
+    );
+
+    // The cause is gone: delivered.
+    s.emulator.set_faults(Faults::default());
+    s.drain(LIMIT).await;
+    assert_eq!(row(&pool, uuid(&id)).await.state, "done");
+    assert!(s.ameyo_user("rex@example.com").is_some());
+}
+
+#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+async fn pruning_deletes_every_expired_attempt_and_keeps_the_recent_ones(pool: PgPool) {
+    for (rows, age) in [(25_000, "30 days"), (10, "1 day")] {
+        sqlx::query(
+            "INSERT INTO sync_attempts (at, tenant_id, user_id, version, worker, call, outcome,
+                                        duration_ms)
+             SELECT now() - $2::interval, 'a', gen_random_uuid(), 1, 'w', 'update', 'ok', 5
+             FROM generate_series(1, $1)",
+        )
+        .bind(rows)
+        .bind(age)
+        .execute(&pool)
+        .await
+        .expect("attempts");
+    }
+    let pruned = PgOutbox::new(pool.clone())
+        .prune_attempts(14)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 25_000);
+    let (old, recent): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE at < now() - interval '14 days'),
+                count(*) FILTER (WHERE at >= now() - interval '14 days')
+         FROM sync_attempts",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!((old, recent), (0, 10));
+}
