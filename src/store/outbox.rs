@@ -373,10 +373,10 @@ WITH stale AS (
                           AND w.heartbeat_at > now() - make_interval(secs => $2)))
     FOR UPDATE SKIP LOCKED)
 UPDATE sync_state s SET
-    state = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3 AND s.desired_version > s.synced_version
-                 THEN 'dead' ELSE 'pending' END,
+    -- A resync of a delivered version that keeps killing its worker ends too.
+    state = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3 THEN 'dead' ELSE 'pending' END,
     -- Cleared only with the dead letter: a row that stays pending keeps saying since when.
-    pending_since = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3 AND s.desired_version > s.synced_version
+    pending_since = CASE WHEN $3 > 0 AND s.attempts + 1 >= $3
                          THEN NULL ELSE s.pending_since END,
     attempts = s.attempts + 1,
     last_error = 'the delivery did not finish (its worker stopped or ran out of lease) '
