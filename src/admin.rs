@@ -2,20 +2,14 @@
 //! uses, show one user's story, and reconcile our users with Ameyo's user list.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ameyo::client::SessionStore;
 use crate::config::{OnDeactivate, Settings};
-use crate::scim::resource::{StoredUser, render};
-use crate::store::outbox::{Outbox, PgOutbox};
-use crate::store::password::PasswordCipher;
-use crate::store::session::PgSessionStore;
+use crate::scim::resource::render;
+use crate::store::backend::Backend;
 
 pub use crate::store::outbox::{SyncEntry, Which};
 
@@ -31,8 +25,9 @@ pub struct TenantStatus {
     pub oldest_pending_secs: Option<f64>,
 }
 
-pub async fn status(pool: &PgPool, settings: &Settings) -> anyhow::Result<Vec<TenantStatus>> {
-    let rows: Vec<(String, String, i64, Option<f64>)> = PgOutbox::new(pool.clone())
+pub async fn status(store: &Backend, settings: &Settings) -> anyhow::Result<Vec<TenantStatus>> {
+    let rows: Vec<(String, String, i64, Option<f64>)> = store
+        .outbox
         .counts()
         .await?
         .into_iter()
@@ -69,38 +64,21 @@ pub async fn status(pool: &PgPool, settings: &Settings) -> anyhow::Result<Vec<Te
 }
 
 pub async fn list(
-    pool: &PgPool,
+    store: &Backend,
     which: Which,
     tenant: Option<&str>,
     limit: i64,
 ) -> anyhow::Result<Vec<SyncEntry>> {
-    Ok(PgOutbox::new(pool.clone())
-        .list(which, tenant, limit)
-        .await?)
+    Ok(store.outbox.list(which, tenant, limit).await?)
 }
 
 /// Find a user by id, or by userName (case-insensitively) within a tenant.
 pub async fn resolve_user(
-    pool: &PgPool,
+    store: &Backend,
     tenant: Option<&str>,
     key: &str,
 ) -> anyhow::Result<(String, Uuid)> {
-    let rows: Vec<(String, Uuid)> = match Uuid::parse_str(key) {
-        Ok(id) => sqlx::query_as("SELECT tenant_id, id FROM users WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)")
-            .bind(id)
-            .bind(tenant)
-            .fetch_all(pool)
-            .await?,
-        Err(_) => sqlx::query_as(
-            "SELECT tenant_id, id FROM users
-             WHERE lower(user_name) = lower($1) AND deleted_at IS NULL
-               AND ($2::text IS NULL OR tenant_id = $2)",
-        )
-        .bind(key)
-        .bind(tenant)
-        .fetch_all(pool)
-        .await?,
-    };
+    let rows = store.users.find(tenant, key).await?;
     match rows.len() {
         0 => anyhow::bail!(
             "no user {key}{}",
@@ -120,14 +98,18 @@ pub async fn resolve_user(
 }
 
 /// Re-arm dead users: one, or every dead user (of a tenant, or of all).
-pub async fn retry(pool: &PgPool, user: Option<Uuid>, tenant: Option<&str>) -> anyhow::Result<u64> {
-    Ok(PgOutbox::new(pool.clone()).rearm_dead(user, tenant).await?)
+pub async fn retry(
+    store: &Backend,
+    user: Option<Uuid>,
+    tenant: Option<&str>,
+) -> anyhow::Result<u64> {
+    Ok(store.outbox.rearm_dead(user, tenant).await?)
 }
 
 /// Push the current state again (one user, or every user of a tenant), even if the
 /// worker believes Ameyo has it.
 pub async fn resync(
-    pool: &PgPool,
+    store: &Backend,
     user: Option<Uuid>,
     tenant: Option<&str>,
 ) -> anyhow::Result<u64> {
@@ -135,9 +117,7 @@ pub async fn resync(
         anyhow::bail!("name a user or a tenant");
     }
     let users = user.map(|u| vec![u]);
-    Ok(PgOutbox::new(pool.clone())
-        .resync(users.as_deref(), tenant)
-        .await?)
+    Ok(store.outbox.resync(users.as_deref(), tenant).await?)
 }
 
 /// One user's story: the SCIM resource, the Ameyo link and the last attempts.
@@ -150,31 +130,14 @@ pub struct UserReport {
     pub attempts: Vec<Value>,
 }
 
-pub async fn show(pool: &PgPool, tenant: &str, id: Uuid) -> anyhow::Result<UserReport> {
-    let (resource, version, created, last_modified, deleted): (
-        Value,
-        i64,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        bool,
-    ) = sqlx::query_as(
-        "SELECT resource, version, created, last_modified, deleted_at IS NOT NULL
-             FROM users WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_one(pool)
-    .await?;
-    let stored = StoredUser {
-        id,
-        resource: resource.as_object().cloned().unwrap_or_default(),
-        version,
-        created,
-        last_modified,
-    };
-    let outbox = PgOutbox::new(pool.clone());
-    let sync = outbox.row_report(id).await?.unwrap_or(Value::Null);
-    let attempts = outbox.recent_attempts(id, 20).await?;
+pub async fn show(store: &Backend, tenant: &str, id: Uuid) -> anyhow::Result<UserReport> {
+    let (stored, deleted) = store
+        .users
+        .read_any(tenant, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no user {id} in tenant {tenant}"))?;
+    let sync = store.outbox.row_report(id).await?.unwrap_or(Value::Null);
+    let attempts = store.outbox.recent_attempts(id, 20).await?;
     Ok(UserReport {
         tenant: tenant.to_string(),
         deleted,
@@ -237,24 +200,16 @@ fn same(ours: &Value, theirs: &Value) -> bool {
 /// fix ours. Nothing is ever deleted from Ameyo.
 pub async fn reconcile(
     settings: &Settings,
-    pool: &PgPool,
+    store: &Backend,
     tenant: &str,
     apply: bool,
 ) -> anyhow::Result<ReconcileReport> {
     if !settings.tenants.iter().any(|t| t.id == tenant) {
         anyhow::bail!("no tenant {tenant} in the configuration");
     }
-    let cipher = PasswordCipher::from_settings(settings)?;
     // Share the running service's session rather than ending it with a login of our own.
     let owner = format!("cli-{}", std::process::id());
-    let sessions = |id: &str| -> Option<Arc<dyn SessionStore>> {
-        Some(Arc::new(PgSessionStore::new(
-            pool.clone(),
-            cipher.clone(),
-            id,
-            &owner,
-        )))
-    };
+    let sessions = store.sessions(&owner);
     let built = crate::tenants::build(settings, &sessions)?;
     let t = built
         .iter()
@@ -263,7 +218,7 @@ pub async fn reconcile(
     let mapper = &t.mapper;
     let client = &t.client;
 
-    let outbox = PgOutbox::new(pool.clone());
+    let outbox = &store.outbox;
     let ours = outbox.linked_users(tenant).await?;
 
     let mut report = ReconcileReport {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::admin;
 use crate::config::Settings;
 use crate::http::auth::token_digest;
+use crate::store::backend::{Access, Backend};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -261,7 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = load(config.as_ref())?;
             runtime()?.block_on(async move {
-                let pool = admin_pool(&settings).await?;
+                let pool = admin_store(&settings).await?;
                 let (tenant, id) = admin::resolve_user(&pool, tenant.as_deref(), &user).await?;
                 let report = admin::show(&pool, &tenant, id).await?;
                 if json {
@@ -319,7 +320,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = load(config.as_ref())?;
             runtime()?.block_on(async move {
-                let pool = admin_pool(&settings).await?;
+                let pool = admin_store(&settings).await?;
                 let r = admin::reconcile(&settings, &pool, &tenant, apply).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
@@ -395,24 +396,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A small pool for one admin command; no migrations, no workers.
-async fn admin_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let mut db = settings.database.clone();
-    db.max_connections = 2;
-    let pool = crate::store::postgres::connect_lazy(&db)?;
-    sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the database {}: {e}",
-            crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(
-                &settings.database.url
-            ))
-        )
-    })?;
-    Ok(pool)
+/// The store for one admin command, next to a running service: no migrations, no
+/// workers, no lock.
+async fn admin_store(settings: &Settings) -> anyhow::Result<Backend> {
+    Backend::open(settings, Access::Admin).await
 }
 
 async fn sync_command(settings: Settings, json: bool, command: SyncCommand) -> anyhow::Result<()> {
-    let pool = admin_pool(&settings).await?;
+    let pool = admin_store(&settings).await?;
     match command {
         SyncCommand::Status => {
             let rows = admin::status(&pool, &settings).await?;

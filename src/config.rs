@@ -118,7 +118,9 @@ impl Default for DatabaseSettings {
 pub enum DatabaseKind {
     Postgres,
     /// The embedded store in this file (`None`: in memory, for tests).
-    Sqlite { path: Option<PathBuf> },
+    Sqlite {
+        path: Option<PathBuf>,
+    },
 }
 
 impl DatabaseSettings {

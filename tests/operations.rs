@@ -17,10 +17,10 @@ use tower::ServiceExt;
 const LIMIT: Duration = Duration::from_secs(30);
 
 async fn scrape(s: &SyncApp) -> String {
-    let store = std::sync::Arc::new(ameyo_scim::store::PgStore::new(
+    let store = ameyo_scim::store::backend::Backend::postgres(
         s.app.pool.clone(),
         ameyo_scim::store::password::PasswordCipher::new(&[0u8; 32]),
-    ));
+    );
     let router =
         ameyo_scim::http::metrics_router(store, vec!["a".into(), "b".into(), "c".into()], 16);
     let resp = router

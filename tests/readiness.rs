@@ -178,7 +178,10 @@ async fn readyz_goes_503_when_the_database_stops_and_200_when_it_returns() {
     let store = ameyo_scim::server::migrate(&settings)
         .await
         .expect("migrate the throwaway cluster");
-    let app = app_with(store.pool().clone(), settings).await;
+    let ameyo_scim::store::backend::Db::Postgres(pool) = store.db.clone() else {
+        panic!("a PostgreSQL store");
+    };
+    let app = app_with(pool, settings).await;
 
     assert_eq!(readyz(&app).await, 200);
     cluster.stop();

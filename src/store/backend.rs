@@ -86,13 +86,7 @@ impl Backend {
                             .with_context(|| format!("cannot apply migrations to {shown}"))?;
                     }
                 }
-                Ok(Self {
-                    users: Arc::new(store),
-                    outbox: Arc::new(PgOutbox::new(pool.clone())),
-                    cipher,
-                    db: Db::Postgres(pool),
-                    lock: None,
-                })
+                Ok(Self::postgres(pool, cipher))
             }
             DatabaseKind::Sqlite { path } => {
                 anyhow::bail!(
@@ -101,6 +95,17 @@ impl Backend {
                         .unwrap_or_else(|| ":memory:".into())
                 )
             }
+        }
+    }
+
+    /// A store over an open PostgreSQL pool (migrations already applied).
+    pub fn postgres(pool: sqlx::PgPool, cipher: PasswordCipher) -> Self {
+        Self {
+            users: Arc::new(PgStore::new(pool.clone(), cipher.clone())),
+            outbox: Arc::new(PgOutbox::new(pool.clone())),
+            cipher,
+            db: Db::Postgres(pool),
+            lock: None,
         }
     }
 
