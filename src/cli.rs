@@ -26,8 +26,15 @@ pub struct Cli {
 pub enum Command {
     /// Apply pending migrations, then serve SCIM until SIGTERM or Ctrl-C.
     Serve {
-        #[arg(long, env = "AMEYO_SCIM_CONFIG")]
+        #[arg(long, env = "AMEYO_SCIM_CONFIG", conflicts_with = "dev")]
         config: Option<PathBuf>,
+        /// Development mode: the embedded store in a local folder, the Ameyo emulator
+        /// in-process, a token made on first start; prints how to try it.
+        #[arg(long)]
+        dev: bool,
+        /// The folder development mode keeps its data in.
+        #[arg(long, requires = "dev", default_value = crate::dev::DEFAULT_DIR)]
+        dev_dir: PathBuf,
     },
     /// Apply pending migrations and exit.
     Migrate {
@@ -69,6 +76,20 @@ pub enum Command {
         /// Queue the resyncs that fix our users (never deletes an Ameyo user).
         #[arg(long)]
         apply: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the embedded store (users, outbox state with pending changes, Ameyo links,
+    /// attempt log) into an empty PostgreSQL database. Stop `serve` first.
+    MigrateStore {
+        /// The SQLite store: sqlite://path/to/ameyo-scim.db
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: postgres://user@host/db (migrated if needed; must
+        /// hold no users)
+        #[arg(long, env = "AMEYO_SCIM_MIGRATE_TO")]
+        to: String,
+        /// Print the result as JSON and no progress.
         #[arg(long)]
         json: bool,
     },
@@ -169,7 +190,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            dev: true, dev_dir, ..
+        } => runtime()?.block_on(crate::dev::run(dev_dir)),
+        Command::Serve { config, .. } => {
             let settings = load(config.as_ref())?;
             crate::telemetry::init(&settings.log);
             runtime()?.block_on(async move {
@@ -203,6 +227,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::MigrateStore { from, to, json } => runtime()?.block_on(async move {
+            let copied = crate::migrate_store::run(&from, &to, json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&copied)?);
+            } else {
+                println!(
+                    "copied {} users, {} outbox rows ({} with changes still to deliver) and {} \
+                     attempt-log entries into {}; point database.url at it and start serve",
+                    copied.users,
+                    copied.outbox_rows,
+                    copied.pending,
+                    copied.attempts,
+                    crate::config::redacted_url(&to)
+                );
+            }
+            Ok(())
+        }),
         Command::Emulator {
             listen,
             login_user,
