@@ -255,17 +255,33 @@ async fn copy_outbox(
         .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.pending_since).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.last_error.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.last_error.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(&passwords)
         .bind(rows.iter().map(|r| r.password_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ameyo_user_id.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.ameyo_user_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.cc_user_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.create_attempted).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.intended_user_id.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.intended_user_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.ameyo_locked).collect::<Vec<_>>())
         .bind(&pushed)
         .bind(rows.iter().map(|r| r.resync_requested).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ameyo_server.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.ameyo_server.clone())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *dst)
         .await?;
         copied.outbox_rows += rows.len() as u64;
@@ -300,7 +316,22 @@ async fn copy_attempts(
         .await?;
     let mut after = 0i64;
     loop {
-        let rows: Vec<(i64, AttemptRow)> = sqlx::query_as::<_, (i64, DateTime<Utc>, String, String, i64, String, String, String, Option<i32>, i32, Option<String>)>(
+        let rows: Vec<(i64, AttemptRow)> = sqlx::query_as::<
+            _,
+            (
+                i64,
+                DateTime<Utc>,
+                String,
+                String,
+                i64,
+                String,
+                String,
+                String,
+                Option<i32>,
+                i32,
+                Option<String>,
+            ),
+        >(
             "SELECT id, at, tenant_id, user_id, version, worker, call, outcome, http_status,
                     duration_ms, error
              FROM sync_attempts WHERE id > ?1 ORDER BY id LIMIT ?2",
