@@ -3,6 +3,8 @@
 
 pub mod filter_sql;
 pub mod outbox;
+#[cfg(test)]
+pub(crate) mod outbox_contract;
 pub mod password;
 pub mod postgres;
 pub mod session;
