@@ -50,6 +50,10 @@ CREATE TABLE sync_state (
     last_pushed      TEXT,
     resync_requested INTEGER NOT NULL DEFAULT 0,
     ameyo_server     TEXT,
+    -- coalesce(ameyo_user_id, intended_user_id) in lower case, folded by the store
+    -- (Unicode-aware like PostgreSQL's lower(); SQLite's lower() folds ASCII only).
+    -- Written with those two columns, by the outbox only.
+    owner_key        TEXT,
     updated_at       TEXT    NOT NULL
 );
 
@@ -58,8 +62,9 @@ CREATE INDEX sync_state_lease ON sync_state (lease_until) WHERE state = 'leased'
 CREATE INDEX sync_state_tenant_state ON sync_state (tenant_id, state);
 -- No two SCIM users hold one Ameyo userId on one server (see the PostgreSQL schema).
 CREATE UNIQUE INDEX sync_state_ameyo_owner
-    ON sync_state (ameyo_server, lower(coalesce(ameyo_user_id, intended_user_id)))
-    WHERE ameyo_server IS NOT NULL AND coalesce(ameyo_user_id, intended_user_id) IS NOT NULL;
+    ON sync_state (ameyo_server, owner_key)
+    WHERE ameyo_server IS NOT NULL AND owner_key IS NOT NULL;
+CREATE INDEX sync_state_lease_owner ON sync_state (lease_owner) WHERE state = 'leased';
 
 CREATE TABLE sync_attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -5,6 +5,8 @@ pub mod backend;
 pub mod filter_sql;
 pub mod lock;
 pub mod outbox;
+#[cfg(test)]
+pub(crate) mod outbox_contract;
 pub mod password;
 pub mod postgres;
 pub mod session;

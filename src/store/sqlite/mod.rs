@@ -4,6 +4,7 @@
 //! write survives a crash of the process (and of the machine).
 
 pub mod outbox;
+pub mod session;
 
 use std::str::FromStr;
 use std::time::Duration;
