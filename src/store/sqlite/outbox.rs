@@ -242,8 +242,8 @@ const RETIRE_SQL: &str = concat!(
 /// ?1 tenants, ?2 max attempts, ?3 seconds of silence after which a holder is dead.
 const RECLAIM_SQL: &str = concat!(
     "UPDATE sync_state SET
-    state = CASE WHEN ?2 > 0 AND attempts + 1 >= ?2 AND desired_version > synced_version
-                 THEN 'dead' ELSE 'pending' END,
+    -- A resync of a delivered version that keeps killing its worker ends too.
+    state = CASE WHEN ?2 > 0 AND attempts + 1 >= ?2 THEN 'dead' ELSE 'pending' END,
     pending_since = CASE WHEN ?2 > 0 AND attempts + 1 >= ?2 THEN NULL ELSE pending_since END,
     attempts = attempts + 1,
     last_error = 'the delivery did not finish (its worker stopped or ran out of lease) '
