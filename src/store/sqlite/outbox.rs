@@ -37,11 +37,11 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 use super::{now, now_plus};
-use crate::store::Result;
 use crate::store::outbox::{
-    Attempt, Claimed, Completion, Link, LinkedUser, Outbox, SyncCount, SyncEntry, UserIdClaim,
-    Which,
+    Attempt, AttemptRecord, Claimed, Completion, Link, LinkedUser, Outbox, OutboxRecord, SyncCount,
+    SyncEntry, UserIdClaim, Which,
 };
+use crate::store::{Result, StoreError};
 
 /// What a user write does to the password waiting for delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +178,139 @@ impl SqliteOutbox {
     /// given this same handle.
     pub fn wakeup(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ExportRow {
+    user_id: String,
+    tenant_id: String,
+    desired_version: i64,
+    synced_version: i64,
+    state: String,
+    attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    pending_since: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    pending_password: Option<Vec<u8>>,
+    password_version: Option<i64>,
+    ameyo_user_id: Option<String>,
+    cc_user_id: Option<i64>,
+    create_attempted: bool,
+    intended_user_id: Option<String>,
+    ameyo_locked: bool,
+    last_pushed: Option<String>,
+    resync_requested: bool,
+    ameyo_server: Option<String>,
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+impl SqliteOutbox {
+    /// Up to `limit` outbox rows after `after` (by user id), for `migrate-store`.
+    pub async fn export(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<OutboxRecord>> {
+        let rows: Vec<ExportRow> = sqlx::query_as(
+            "SELECT user_id, tenant_id, desired_version, synced_version,
+                    CASE WHEN state = 'leased' THEN 'pending' ELSE state END AS state,
+                    attempts, next_attempt_at, pending_since, last_error, pending_password,
+                    password_version, ameyo_user_id, cc_user_id, create_attempted,
+                    intended_user_id, ameyo_locked, last_pushed, resync_requested, ameyo_server
+             FROM sync_state WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
+        )
+        .bind(after.map(|u| u.to_string()).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(OutboxRecord {
+                    user_id: parse_uuid(&r.user_id)?,
+                    tenant_id: r.tenant_id,
+                    desired_version: r.desired_version,
+                    synced_version: r.synced_version,
+                    state: r.state,
+                    attempts: r.attempts,
+                    next_attempt_at: r.next_attempt_at,
+                    pending_since: r.pending_since,
+                    last_error: r.last_error,
+                    pending_password: r.pending_password,
+                    password_version: r.password_version,
+                    ameyo_user_id: r.ameyo_user_id,
+                    cc_user_id: r.cc_user_id,
+                    create_attempted: r.create_attempted,
+                    intended_user_id: r.intended_user_id,
+                    ameyo_locked: r.ameyo_locked,
+                    last_pushed: r
+                        .last_pushed
+                        .as_deref()
+                        .map(serde_json::from_str)
+                        .transpose()
+                        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+                    resync_requested: r.resync_requested,
+                    ameyo_server: r.ameyo_server,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` attempt-log entries after the entry `after`, with their ids.
+    pub async fn export_attempts(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, AttemptRecord)>> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            DateTime<Utc>,
+            String,
+            String,
+            i64,
+            String,
+            String,
+            String,
+            Option<i32>,
+            i32,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT id, at, tenant_id, user_id, version, worker, call, outcome, http_status,
+                        duration_ms, error
+                 FROM sync_attempts WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.0,
+                    AttemptRecord {
+                        at: r.1,
+                        tenant_id: r.2,
+                        user_id: parse_uuid(&r.3)?,
+                        version: r.4,
+                        worker: r.5,
+                        call: r.6,
+                        outcome: r.7,
+                        http_status: r.8,
+                        duration_ms: r.9,
+                        error: r.10,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// How many outbox rows and attempt-log entries there are.
+    pub async fn sizes(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT count(*) FROM sync_state), (SELECT count(*) FROM sync_attempts)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 }
 
