@@ -3,14 +3,18 @@
 //! `serve --dev`. Durable: WAL journal with `synchronous = FULL`, so every acknowledged
 //! write survives a crash of the process (and of the machine).
 
+pub mod filter;
 pub mod outbox;
 pub mod session;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use users::SqliteStore;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
 
