@@ -168,7 +168,17 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         }
     });
     // Printed once, for the person at the terminal; the token is never logged.
-    println!("{}", banner(&dir, scim_addr, emulator_addr, &secrets.token));
+    // A closed stdout (`serve --dev | head`) must not stop the service.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}",
+            banner(&dir, scim_addr, emulator_addr, &secrets.token)
+        )
+        .and_then(|_| out.flush());
+    }
     crate::server::serve_with_listener(settings, scim_listener, crate::server::shutdown_signal())
         .await
 }
