@@ -1,11 +1,15 @@
 //! Measures the service where the IdPs load it: lookups and writes over real HTTP at a
-//! given number of users, and delivery throughput to the Ameyo emulator.
+//! given number of users, and delivery throughput to the Ameyo emulator, on PostgreSQL,
+//! on the embedded (SQLite) store, or on both one after the other.
 //!
-//!     cargo run --release --example bench -- --users 1000000
+//!     cargo run --release --example bench -- --users 100000 --store both
 //!
-//! Uses its own database (`ameyo_scim_bench`, dropped and created) on the server in
-//! DATABASE_URL. Prints a Markdown table.
+//! PostgreSQL: its own database (`ameyo_scim_bench`, dropped and created, dropped at the
+//! end) on the server in DATABASE_URL. SQLite: a file in a fresh temporary folder,
+//! removed at the end. Prints one Markdown table with a `store` column, then a delivery
+//! line per store.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,14 +17,18 @@ use ameyo_emulator::{Emulator, EmulatorOptions};
 use ameyo_scim::config::Settings;
 use ameyo_scim::http::auth::token_digest;
 use ameyo_scim::http::{AppState, router};
-use clap::Parser;
+use ameyo_scim::store::backend::{Access, Backend, Db};
+use ameyo_scim::store::sqlite::filter::{fold_case, search_document};
+use chrono::Utc;
+use clap::{Parser, ValueEnum};
 use serde_json::json;
 use sqlx::migrate::MigrateDatabase;
+use uuid::Uuid;
 
 #[derive(Parser)]
 struct Args {
     /// Users seeded before measuring.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
     users: i64,
     /// Requests per measured operation.
     #[arg(long, default_value_t = 2000)]
@@ -28,12 +36,41 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Users delivered to the emulator in the delivery run.
+    /// Users delivered to the emulator in the delivery run: the users the POST run
+    /// created, topped up with more (created before the clock starts) if fewer.
     #[arg(long, default_value_t = 2000)]
     deliveries: usize,
+    /// The store(s) to measure; `both` runs PostgreSQL, then SQLite.
+    #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
+    store: StoreChoice,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreChoice {
+    Postgres,
+    Sqlite,
+    Both,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Postgres,
+    Sqlite,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Postgres => "postgres",
+            Kind::Sqlite => "sqlite",
+        }
+    }
 }
 
 const TOKEN: &str = "bench-token";
+const TENANT: &str = "bench";
+/// Users whose ids the `GET /Users/{id}` run picks from.
+const ID_SAMPLE: usize = 5000;
 
 fn enc(s: String) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -47,12 +84,12 @@ struct Stats {
 }
 
 impl Stats {
-    fn row(&self) -> String {
+    fn row(&self, store: &str) -> String {
         let mut l = self.latencies.clone();
         l.sort();
         let q = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1000.0;
         format!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            "| {store} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
             self.name,
             self.n,
             self.n as f64 / self.seconds,
@@ -95,19 +132,64 @@ where
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let base = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut url = reqwest::Url::parse(&base)?;
-    url.set_path("ameyo_scim_bench");
-    let db_url = url.to_string();
-    let _ = sqlx::Postgres::drop_database(&db_url).await;
-    sqlx::Postgres::create_database(&db_url).await?;
+/// The URL of a lookup's i-th request: `(scim base, k, i)`, k a seeded user's number.
+type UrlOf = Box<dyn Fn(&str, usize, usize) -> String + Send + Sync>;
 
-    let (emulator, emu_addr) = Emulator::spawn(EmulatorOptions::default()).await?;
-    let settings = Settings::from_toml(&format!(
+/// Where one store's data lives for the run.
+enum Scratch {
+    Postgres { url: String },
+    Sqlite { dir: PathBuf },
+}
+
+impl Scratch {
+    async fn create(kind: Kind) -> anyhow::Result<Self> {
+        Ok(match kind {
+            Kind::Postgres => {
+                let base = std::env::var("DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                let mut url = reqwest::Url::parse(&base)?;
+                url.set_path("ameyo_scim_bench");
+                let url = url.to_string();
+                // Left over by a run that was killed.
+                let _ = sqlx::Postgres::force_drop_database(&url).await;
+                sqlx::Postgres::create_database(&url).await?;
+                Scratch::Postgres { url }
+            }
+            Kind::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("ameyo-scim-bench-{}", Uuid::new_v4()));
+                std::fs::create_dir_all(&dir)?;
+                Scratch::Sqlite { dir }
+            }
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Scratch::Postgres { url } => url.clone(),
+            Scratch::Sqlite { dir } => format!("sqlite://{}", dir.join("bench.db").display()),
+        }
+    }
+
+    /// Drop the database or remove the folder, whatever state the run left them in.
+    async fn remove(self) {
+        match self {
+            // FORCE: a run that failed may have left connections open.
+            Scratch::Postgres { url } => {
+                if let Err(e) = sqlx::Postgres::force_drop_database(&url).await {
+                    eprintln!("cannot drop {url}: {e}");
+                }
+            }
+            Scratch::Sqlite { dir } => {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    eprintln!("cannot remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+fn settings(db_url: &str, emulator: std::net::SocketAddr) -> anyhow::Result<Settings> {
+    Ok(Settings::from_toml(&format!(
         r#"
 [database]
 url = "{db_url}"
@@ -118,27 +200,24 @@ concurrency = 16
 [scim]
 max_page_size = 1000
 [[tenants]]
-id = "bench"
+id = "{TENANT}"
 token_sha256 = ["{}"]
 [tenants.ameyo]
-base_url = "http://{emu_addr}"
+base_url = "http://{emulator}"
 contact_center_id = 1
 login_user = "admin"
 login_password = "bench"
 "#,
         token_digest(TOKEN)
-    ))?;
-    let store = ameyo_scim::server::migrate(&settings).await?;
-    let ameyo_scim::store::backend::Db::Postgres(pool) = store.db.clone() else {
-        anyhow::bail!("the benchmark seeds PostgreSQL");
-    };
+    ))?)
+}
 
-    eprintln!("seeding {} users...", args.users);
-    let t = Instant::now();
+/// Seed PostgreSQL with SQL, one statement per 100,000 users; returns a sample of ids.
+async fn seed_postgres(pool: &sqlx::PgPool, users: i64) -> anyhow::Result<Vec<Uuid>> {
     let batch = 100_000i64;
     let mut from = 1;
-    while from <= args.users {
-        let to = (from + batch - 1).min(args.users);
+    while from <= users {
+        let to = (from + batch - 1).min(users);
         sqlx::query(
             "WITH u AS (
                INSERT INTO users (id, tenant_id, user_name, external_id, active, resource, version, created, last_modified)
@@ -154,28 +233,131 @@ login_password = "bench"
         )
         .bind(from)
         .bind(to)
-        .execute(&pool)
+        .execute(pool)
         .await?;
         from = to + 1;
     }
     // What autovacuum does soon after a bulk load: visibility map and statistics.
-    sqlx::query("VACUUM ANALYZE users").execute(&pool).await?;
+    sqlx::query("VACUUM ANALYZE users").execute(pool).await?;
     sqlx::query("VACUUM ANALYZE sync_state")
-        .execute(&pool)
+        .execute(pool)
         .await?;
-    eprintln!("seeded in {:.1}s", t.elapsed().as_secs_f64());
-    let ids: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM users TABLESAMPLE SYSTEM (1) LIMIT 5000")
-            .fetch_all(&pool)
-            .await?;
+    // Whole pages of users, about ID_SAMPLE of them (all of a small table).
+    let percent = (ID_SAMPLE as f64 * 100.0 / users as f64).min(100.0);
+    Ok(
+        sqlx::query_scalar("SELECT id FROM users TABLESAMPLE SYSTEM ($1) LIMIT $2")
+            .bind(percent as f32)
+            .bind(ID_SAMPLE as i64)
+            .fetch_all(pool)
+            .await?,
+    )
+}
 
-    ameyo_scim::telemetry::metrics::install();
-    let tenants = ameyo_scim::tenants::build(&settings, &|_| None)?;
+/// Seed SQLite in one transaction of prepared INSERTs, the rows as the store writes
+/// them: the derived `user_name_key` and `search` columns (the e-mail index follows by
+/// trigger), users' times with microseconds, outbox times with milliseconds, and an
+/// outbox row already delivered. No ANALYZE: a served store plans with the statistics
+/// its migration wrote. Returns a sample of ids.
+async fn seed_sqlite(pool: &sqlx::SqlitePool, users: i64) -> anyhow::Result<Vec<Uuid>> {
+    const USER_SQL: &str = "
+        INSERT INTO users (id, tenant_id, user_name, user_name_key, external_id, active,
+                           resource, search, version, created, last_modified)
+        VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, 1, ?8, ?8)";
+    const SYNC_SQL: &str = "
+        INSERT INTO sync_state (user_id, tenant_id, desired_version, synced_version, state,
+                                next_attempt_at, pending_since, updated_at)
+        VALUES (?1, ?2, 1, 1, 'done', ?3, NULL, ?3)";
+    // Distinct creation times, all before the users the run creates.
+    let base = Utc::now() - chrono::Duration::microseconds(users + 1_000_000);
+    let outbox_time = ameyo_scim::store::sqlite::format_time(Utc::now());
+    let every = (users as usize).div_ceil(ID_SAMPLE);
+    let mut sample = Vec::with_capacity(ID_SAMPLE);
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for i in 1..=users {
+        let id = Uuid::new_v4();
+        let user_name = format!("user{i}@example.com");
+        let resource: serde_json::Map<String, serde_json::Value> = serde_json::from_value(json!({
+            "userName": user_name,
+            "externalId": format!("ext-{i}"),
+            "name": {"givenName": format!("Given{i}"), "familyName": "Family"},
+            "emails": [{"value": user_name, "type": "work", "primary": true}],
+        }))?;
+        // The store's format for the users' own times (see migrations-sqlite).
+        let created = (base + chrono::Duration::microseconds(i))
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        sqlx::query(USER_SQL)
+            .bind(id.to_string())
+            .bind(TENANT)
+            .bind(&user_name)
+            .bind(fold_case(&user_name))
+            .bind(format!("ext-{i}"))
+            .bind(serde_json::to_string(&resource)?)
+            .bind(serde_json::to_string(&search_document(&resource))?)
+            .bind(&created)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(SYNC_SQL)
+            .bind(id.to_string())
+            .bind(TENANT)
+            .bind(&outbox_time)
+            .execute(&mut *tx)
+            .await?;
+        if (i as usize).is_multiple_of(every) {
+            sample.push(id);
+        }
+    }
+    tx.commit().await?;
+    Ok(sample)
+}
+
+/// What one store measured.
+struct Report {
+    kind: Kind,
+    seeded_in: f64,
+    rows: Vec<Stats>,
+    delivered: i64,
+    delivery_secs: f64,
+    in_ameyo: usize,
+    logins: u64,
+}
+
+/// Users waiting for delivery or being delivered, in every tenant.
+async fn outstanding(backend: &Backend) -> anyhow::Result<i64> {
+    Ok(backend
+        .outbox
+        .counts()
+        .await?
+        .iter()
+        .filter(|c| c.state == "pending" || c.state == "leased")
+        .map(|c| c.users)
+        .sum())
+}
+
+async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<Report> {
+    eprintln!("== {}", kind.name());
+    let (emulator, emu_addr) = Emulator::spawn(EmulatorOptions::default()).await?;
+    let settings = settings(&scratch.url(), emu_addr)?;
+    // As `serve` opens it (for SQLite: the file locked to this process).
+    let backend = Backend::open(&settings, Access::Serve).await?;
+
+    eprintln!("seeding {} users...", args.users);
+    let t = Instant::now();
+    let ids = match &backend.db {
+        Db::Postgres(pool) => seed_postgres(pool, args.users).await?,
+        Db::Sqlite(pool) => seed_sqlite(pool, args.users).await?,
+    };
+    let seeded_in = t.elapsed().as_secs_f64();
+    eprintln!("seeded in {seeded_in:.1}s");
+    anyhow::ensure!(!ids.is_empty(), "no ids sampled from the seeded users");
+
+    let owner = ameyo_scim::sync::this_owner();
+    let tenants = ameyo_scim::tenants::build(&settings, &backend.sessions(&owner))?;
     let state =
-        AppState::new(&settings, &tenants, store.users.clone()).map_err(anyhow::Error::msg)?;
+        AppState::new(&settings, &tenants, backend.users.clone()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router(state, Duration::from_secs(30))).await;
     });
     let http = reqwest::Client::builder()
@@ -183,124 +365,128 @@ login_password = "bench"
         .build()?;
     let scim = format!("http://{addr}/scim/v2");
     let n = args.requests;
-    let users = args.users.max(1) as usize;
+    let users = args.users as usize;
     let mut rows = Vec::new();
 
-    macro_rules! get {
-        ($name:expr, $url:expr) => {
-            get!($name, $url, n)
-        };
-        ($name:expr, $url:expr, $n:expr) => {{
-            let (http, scim) = (http.clone(), scim.clone());
-            let url_of = Arc::new($url);
-            rows.push(
-                run($name, $n, args.concurrency, move |i| {
-                    let (http, scim) = (http.clone(), scim.clone());
-                    let k = (i * 7919) % users + 1;
-                    let url = url_of(&scim, k, i);
-                    async move {
-                        let r = http
-                            .get(url)
-                            .bearer_auth(TOKEN)
-                            .send()
-                            .await
-                            .expect("request");
-                        assert!(r.status().is_success(), "{}", r.status());
-                        let _ = r.bytes().await;
-                    }
-                })
-                .await,
-            );
-        }};
-    }
-    get!(
-        "GET /Users?filter=userName eq",
-        |scim: &String, k: usize, _| format!(
-            "{scim}/Users?filter={}",
-            enc(format!("userName eq \"USER{k}@example.com\""))
+    // Lookups, each request to the URL `url_of` gives.
+    let get = |name: &'static str, n: usize, url_of: UrlOf| {
+        let (http, scim) = (http.clone(), scim.clone());
+        run(name, n, args.concurrency, move |i| {
+            let k = (i * 7919) % users + 1;
+            let request = http.get(url_of(&scim, k, i)).bearer_auth(TOKEN);
+            async move {
+                let r = request.send().await.expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                let _ = r.bytes().await;
+            }
+        })
+    };
+    rows.push(
+        get(
+            "GET /Users?filter=userName eq",
+            n,
+            Box::new(|scim, k, _| {
+                format!(
+                    "{scim}/Users?filter={}",
+                    enc(format!("userName eq \"USER{k}@example.com\""))
+                )
+            }),
         )
+        .await,
     );
-    get!(
-        "GET /Users?filter=externalId eq",
-        |scim: &String, k: usize, _| format!(
-            "{scim}/Users?filter={}",
-            enc(format!("externalId eq \"ext-{k}\""))
+    rows.push(
+        get(
+            "GET /Users?filter=externalId eq",
+            n,
+            Box::new(|scim, k, _| {
+                format!(
+                    "{scim}/Users?filter={}",
+                    enc(format!("externalId eq \"ext-{k}\""))
+                )
+            }),
         )
+        .await,
     );
-    get!(
-        "GET /Users?filter=emails[type eq \"work\"].value eq",
-        |scim: &String, k: usize, _| format!(
-            "{scim}/Users?filter={}",
-            enc(format!(
-                "emails[type eq \"work\"].value eq \"user{k}@example.com\""
-            ))
+    rows.push(
+        get(
+            "GET /Users?filter=emails[type eq \"work\"].value eq",
+            n,
+            Box::new(|scim, k, _| {
+                format!(
+                    "{scim}/Users?filter={}",
+                    enc(format!(
+                        "emails[type eq \"work\"].value eq \"user{k}@example.com\""
+                    ))
+                )
+            }),
         )
+        .await,
     );
     let ids = Arc::new(ids);
     {
         let ids = ids.clone();
-        get!(
-            "GET /Users/{id}",
-            move |scim: &String, _k: usize, i: usize| format!(
-                "{scim}/Users/{}",
-                ids[i % ids.len()]
+        rows.push(
+            get(
+                "GET /Users/{id}",
+                n,
+                Box::new(move |scim, _, i| format!("{scim}/Users/{}", ids[i % ids.len()])),
             )
+            .await,
         );
     }
     // Unfiltered pages count every user of the tenant: fewer of them.
     let pages = (n / 10).max(10);
-    get!(
-        "GET /Users?startIndex=1&count=100",
-        |scim: &String, _k: usize, _| format!("{scim}/Users?startIndex=1&count=100"),
-        pages
+    rows.push(
+        get(
+            "GET /Users?startIndex=1&count=100",
+            pages,
+            Box::new(|scim, _, _| format!("{scim}/Users?startIndex=1&count=100")),
+        )
+        .await,
     );
-    get!(
-        "GET /Users?startIndex=<middle>&count=100",
-        move |scim: &String, _k: usize, _| format!(
-            "{scim}/Users?startIndex={}&count=100",
-            users / 2
-        ),
-        pages
+    rows.push(
+        get(
+            "GET /Users?startIndex=<middle>&count=100",
+            pages,
+            Box::new(move |scim, _, _| format!("{scim}/Users?startIndex={}&count=100", users / 2)),
+        )
+        .await,
     );
 
     // Writes: creates, then PATCHes of those users.
-    let created = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
-    {
-        let (http, scim, created) = (http.clone(), scim.clone(), created.clone());
-        rows.push(
-            run("POST /Users", n, args.concurrency, move |i| {
-                let (http, scim, created) = (http.clone(), scim.clone(), created.clone());
-                async move {
-                    let r = http
-                        .post(format!("{scim}/Users"))
-                        .bearer_auth(TOKEN)
-                        .json(&json!({"userName": format!("new{i}@example.com"), "emails": [{"value": format!("new{i}@example.com"), "type": "work"}]}))
-                        .send()
-                        .await
-                        .expect("request");
-                    assert_eq!(r.status(), 201);
-                    let body: serde_json::Value = r.json().await.expect("json");
-                    created.lock().expect("lock").push(body["id"].as_str().unwrap_or_default().to_string());
-                }
-            })
-            .await,
-        );
-    }
+    let create = |prefix: &'static str| {
+        let (http, scim) = (http.clone(), scim.clone());
+        let created = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = created.clone();
+        let f = move |i: usize| {
+            let (created, user_name) = (created.clone(), format!("{prefix}{i}@example.com"));
+            let request = http.post(format!("{scim}/Users")).bearer_auth(TOKEN).json(
+                &json!({"userName": user_name, "emails": [{"value": user_name, "type": "work"}]}),
+            );
+            async move {
+                let r = request.send().await.expect("request");
+                assert_eq!(r.status(), 201);
+                let body: serde_json::Value = r.json().await.expect("json");
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                created.lock().expect("lock").push(id);
+            }
+        };
+        (f, out)
+    };
+    let (post, created) = create("new");
+    rows.push(run("POST /Users", n, args.concurrency, post).await);
     let created = Arc::new(created.lock().expect("lock").clone());
     {
         let (http, scim, created) = (http.clone(), scim.clone(), created.clone());
         rows.push(
             run("PATCH /Users/{id}", n, args.concurrency, move |i| {
-                let (http, scim, created) = (http.clone(), scim.clone(), created.clone());
+                let request = http
+                    .patch(format!("{scim}/Users/{}", created[i % created.len()]))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                        "Operations": [{"op": "replace", "path": "displayName", "value": format!("D{i}")}]}));
                 async move {
-                    let r = http
-                        .patch(format!("{scim}/Users/{}", created[i % created.len()]))
-                        .bearer_auth(TOKEN)
-                        .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                            "Operations": [{"op": "replace", "path": "displayName", "value": format!("D{i}")}]}))
-                        .send()
-                        .await
-                        .expect("request");
+                    let r = request.send().await.expect("request");
                     assert_eq!(r.status(), 200);
                 }
             })
@@ -308,44 +494,119 @@ login_password = "bench"
         );
     }
 
-    // Delivery: the users just created (and patched) to the emulator.
-    let worker = Arc::new(
-        ameyo_scim::sync::Worker::new(&settings, pool.clone(), store.cipher.clone())
-            .map_err(anyhow::Error::msg)?,
-    );
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sync_state WHERE state = 'pending'")
-            .fetch_one(&pool)
-            .await?;
+    // Delivery: the users just created (and patched), topped up to --deliveries, to the
+    // emulator.
+    let waiting = outstanding(&backend).await? as usize;
+    if waiting < args.deliveries {
+        let (post, _) = create("extra");
+        run(
+            "POST /Users (delivery top-up, not reported)",
+            args.deliveries - waiting,
+            args.concurrency,
+            post,
+        )
+        .await;
+    }
+    let delivered = outstanding(&backend).await?;
+    // The loop `serve` runs, which keeps `sync.concurrency` deliveries in flight.
+    let worker = Arc::new(ameyo_scim::sync::Worker::from_tenants(
+        &settings.sync,
+        &tenants,
+        backend.outbox.clone(),
+        backend.cipher.clone(),
+        owner,
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let t = Instant::now();
-    let mut delivered = 0;
-    while delivered < pending as usize {
-        let n = worker.run_until_idle().await?;
-        if n == 0 {
+    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(10)));
+    // Every user delivered is new to the emulator, which answers how many it holds
+    // cheaply; the outbox (a count over every seeded user) is asked once they are all
+    // there, or now and then in case some never arrive.
+    let mut last_asked = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let arrived = emulator.users().len() as i64 >= delivered;
+        if !arrived && last_asked.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last_asked = Instant::now();
+        if outstanding(&backend).await? == 0 {
             break;
         }
-        delivered += n;
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "delivery did not finish in 10 minutes"
+        );
     }
-    let seconds = t.elapsed().as_secs_f64();
-    let in_ameyo = emulator.users().len();
+    let delivery_secs = t.elapsed().as_secs_f64();
+    shutdown.cancel();
+    running.await?;
+    eprintln!("delivered {delivered} in {delivery_secs:.1}s");
 
-    println!("| operation | requests | per second | p50 ms | p95 ms | p99 ms |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        println!("{}", r.row());
+    server.abort();
+    match &backend.db {
+        Db::Postgres(pool) => pool.close().await,
+        Db::Sqlite(pool) => pool.close().await,
+    }
+    Ok(Report {
+        kind,
+        seeded_in,
+        rows,
+        delivered,
+        delivery_secs,
+        in_ameyo: emulator.users().len(),
+        logins: emulator.login_count(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let kinds: &[Kind] = match args.store {
+        StoreChoice::Postgres => &[Kind::Postgres],
+        StoreChoice::Sqlite => &[Kind::Sqlite],
+        StoreChoice::Both => &[Kind::Postgres, Kind::Sqlite],
+    };
+    ameyo_scim::telemetry::metrics::install();
+
+    let mut reports = Vec::new();
+    for &kind in kinds {
+        let scratch = Scratch::create(kind).await?;
+        let report = measure(kind, &scratch, &args).await;
+        scratch.remove().await;
+        reports.push(report?);
+    }
+
+    // One row per operation and store, the stores of one operation together.
+    println!("| store | operation | requests | per second | p50 ms | p95 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    let operations = reports.first().map_or(0, |r| r.rows.len());
+    for i in 0..operations {
+        for r in &reports {
+            println!("{}", r.rows[i].row(r.kind.name()));
+        }
     }
     println!();
+    for r in &reports {
+        println!(
+            "delivery ({}): {} pending users delivered to the emulator in {:.1}s ({:.0} users/s, {} in Ameyo, {} logins)",
+            r.kind.name(),
+            r.delivered,
+            r.delivery_secs,
+            r.delivered as f64 / r.delivery_secs,
+            r.in_ameyo,
+            r.logins
+        );
+    }
+    let seeded: Vec<String> = reports
+        .iter()
+        .map(|r| format!("{} in {:.1}s", r.kind.name(), r.seeded_in))
+        .collect();
     println!(
-        "delivery: {pending} pending users delivered to the emulator in {seconds:.1}s ({:.0} users/s, {} in Ameyo, {} logins)",
-        pending as f64 / seconds,
-        in_ameyo,
-        emulator.login_count()
+        "seeded users: {} ({}); concurrency: {}",
+        args.users,
+        seeded.join(", "),
+        args.concurrency
     );
-    println!(
-        "seeded users: {}; concurrency: {}",
-        args.users, args.concurrency
-    );
-    drop(pool);
-    let _ = sqlx::Postgres::drop_database(&db_url).await;
     Ok(())
 }
