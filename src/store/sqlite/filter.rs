@@ -216,11 +216,13 @@ impl Dialect for SqliteDialect {
     }
 
     /// `user_emails` (the folded e-mail values of live users) answers e-mail equality
-    /// from its index, like the GIN index on PostgreSQL.
+    /// from its index, like the GIN index on PostgreSQL. `likelihood` tells the planner
+    /// the test is selective: without it SQLite walked the whole tenant in created order
+    /// for the page (100 ms at 100,000 users instead of 0.15 ms).
     fn push_email_key(qb: &mut QueryBuilder<Sqlite>, value: &str) {
-        qb.push("u.id IN (SELECT user_id FROM user_emails WHERE value_key = ");
+        qb.push("likelihood(u.id IN (SELECT user_id FROM user_emails WHERE value_key = ");
         qb.push_bind(fold_case(value));
-        qb.push(")");
+        qb.push("), 0.0001)");
     }
 }
 

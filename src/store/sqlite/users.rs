@@ -954,6 +954,13 @@ mod tests {
                     "{f}: expected {index} in plan:\n{plan}\n{plans:?}"
                 );
                 assert!(!plan.contains("SCAN u"), "{f}: full scan in plan:\n{plan}");
+                // The page must start from the lookup, not walk the tenant in order.
+                if f.contains("emails") {
+                    assert!(
+                        !plan.contains("users_tenant_created"),
+                        "{f}: the page walks the tenant:\n{plan}"
+                    );
+                }
             }
         }
         // Unfiltered: pages along the created-order index, counted on it (not the table).
