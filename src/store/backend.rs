@@ -151,8 +151,11 @@ impl Backend {
     /// A store over an open SQLite pool (migrations already applied). Writes wake this
     /// process's workers directly.
     pub fn sqlite(pool: sqlx::SqlitePool, cipher: PasswordCipher) -> Self {
-        let outbox = SqliteOutbox::new(pool.clone());
-        let users = SqliteStore::new(pool.clone(), cipher.clone()).with_wakeup(outbox.wakeup());
+        let write = super::sqlite::WriteLock::default();
+        let outbox = SqliteOutbox::new(pool.clone()).with_write_lock(write.clone());
+        let users = SqliteStore::new(pool.clone(), cipher.clone())
+            .with_wakeup(outbox.wakeup())
+            .with_write_lock(write);
         Self {
             users: Arc::new(users),
             outbox: Arc::new(outbox),

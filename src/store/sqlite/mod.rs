@@ -18,6 +18,13 @@ pub use users::SqliteStore;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
 
+/// Serialises this process's write transactions before they ask SQLite for its write
+/// lock. SQLite lets one writer in at a time and makes the others sleep in its busy
+/// handler, in steps of up to 100 ms; queueing on an async lock instead hands the file
+/// over as soon as it is free (p99 of 16 concurrent writers: 22-60 ms instead of
+/// 134-329 ms). One is shared by the user store and the outbox of a file.
+pub type WriteLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 /// The timestamp format of every time column, as SQLite's `strftime` writes it, so
 /// values written in SQL and in Rust compare correctly as text.
 pub const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%fZ";

@@ -163,6 +163,7 @@ macro_rules! now_minus {
 pub struct SqliteOutbox {
     pool: SqlitePool,
     wake: Arc<Notify>,
+    write: super::WriteLock,
 }
 
 impl SqliteOutbox {
@@ -170,7 +171,14 @@ impl SqliteOutbox {
         Self {
             pool,
             wake: Arc::new(Notify::new()),
+            write: Default::default(),
         }
+    }
+
+    /// Queue writes on this lock, shared with the user store of the same file.
+    pub fn with_write_lock(mut self, write: super::WriteLock) -> Self {
+        self.write = write;
+        self
     }
 
     /// The in-process stand-in for `NOTIFY`: call `notify_one()` on it after a commit
@@ -711,6 +719,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn retire(&self, owner: &str) -> Result<u64> {
+        let _turn = self.write.clone().lock_owned().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let n = sqlx::query(RELEASE_SQL)
             .bind(owner)
@@ -750,6 +759,7 @@ impl Outbox for SqliteOutbox {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
+        let _turn = self.write.clone().lock_owned().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let due: Vec<(Hyphenated, DateTime<Utc>)> = sqlx::query_as(DUE_SQL)
             .bind(json_list(tenants.iter().cloned()))
@@ -783,6 +793,7 @@ impl Outbox for SqliteOutbox {
         ameyo_user_id: &str,
         sending: &Value,
     ) -> Result<UserIdClaim> {
+        let _turn = self.write.clone().lock_owned().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // The key of the row after this update: a confirmed link still names the
         // userId the row holds.
@@ -840,6 +851,7 @@ impl Outbox for SqliteOutbox {
     ) -> Result<bool> {
         let user = c.user_id.hyphenated();
         let token = c.lease_token.hyphenated();
+        let _turn = self.write.clone().lock_owned().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         // The calls were made whoever holds the row now: the log keeps them either way.
         for a in attempts {

@@ -36,6 +36,7 @@ pub struct SqliteStore {
     /// Wakes this process's delivery workers after a commit that makes work due (the
     /// outbox's stand-in for PostgreSQL's NOTIFY).
     wake: Option<Arc<Notify>>,
+    write: super::WriteLock,
 }
 
 /// The format of the users' own times (created, last_modified, deleted_at): UTC with
@@ -198,7 +199,14 @@ impl SqliteStore {
             pool,
             cipher,
             wake: None,
+            write: Default::default(),
         }
+    }
+
+    /// Queue writes on this lock, shared with the outbox of the same file.
+    pub fn with_write_lock(mut self, write: super::WriteLock) -> Self {
+        self.write = write;
+        self
     }
 
     /// Wake these workers after every write (see `SqliteOutbox::wakeup`).
@@ -227,11 +235,19 @@ impl SqliteStore {
     }
 
     /// A write transaction, holding the write lock from its first statement.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        self.pool
+    async fn begin_write(
+        &self,
+    ) -> Result<(
+        tokio::sync::OwnedMutexGuard<()>,
+        sqlx::Transaction<'static, Sqlite>,
+    )> {
+        let turn = self.write.clone().lock_owned().await;
+        let tx = self
+            .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error)
+            .map_err(db_error)?;
+        Ok((turn, tx))
     }
 }
 
@@ -245,7 +261,7 @@ impl UserStore for SqliteStore {
             .map(|p| self.cipher.seal(id.as_bytes(), p));
         let search = to_json(&search_document(&user.resource))?;
         let resource = to_json(&user.resource)?;
-        let mut tx = self.begin_write().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         // Taken under the write lock, so creation times follow the commit order.
         let now = Utc::now().trunc_subsecs(6);
         sqlx::query(INSERT_SQL)
@@ -318,7 +334,7 @@ impl UserStore for SqliteStore {
         if_match: Option<&IfMatch>,
         change: &Change<'_>,
     ) -> Result<StoredUser> {
-        let mut tx = self.begin_write().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let current = fetch_live(&mut tx, tenant, id)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -375,7 +391,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn delete(&self, tenant: &str, id: Uuid, if_match: Option<&IfMatch>) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let current: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM users WHERE tenant_id = ?1 AND id = ?2 AND deleted_at IS NULL",
         )
