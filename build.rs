@@ -3,6 +3,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=AMEYO_SCIM_COMMIT");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+    // sqlx::migrate! embeds these at compile time.
+    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations-sqlite");
     let commit = std::env::var("AMEYO_SCIM_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())

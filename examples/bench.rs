@@ -129,7 +129,9 @@ login_password = "bench"
         token_digest(TOKEN)
     ))?;
     let store = ameyo_scim::server::migrate(&settings).await?;
-    let pool = store.pool().clone();
+    let ameyo_scim::store::backend::Db::Postgres(pool) = store.db.clone() else {
+        anyhow::bail!("the benchmark seeds PostgreSQL");
+    };
 
     eprintln!("seeding {} users...", args.users);
     let t = Instant::now();
@@ -168,9 +170,9 @@ login_password = "bench"
             .await?;
 
     ameyo_scim::telemetry::metrics::install();
-    let store = Arc::new(store);
     let tenants = ameyo_scim::tenants::build(&settings, &|_| None)?;
-    let state = AppState::new(&settings, &tenants, store.clone()).map_err(anyhow::Error::msg)?;
+    let state =
+        AppState::new(&settings, &tenants, store.users.clone()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -308,7 +310,7 @@ login_password = "bench"
 
     // Delivery: the users just created (and patched) to the emulator.
     let worker = Arc::new(
-        ameyo_scim::sync::Worker::new(&settings, pool.clone(), store.cipher().clone())
+        ameyo_scim::sync::Worker::new(&settings, pool.clone(), store.cipher.clone())
             .map_err(anyhow::Error::msg)?,
     );
     let pending: i64 =

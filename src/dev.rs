@@ -44,8 +44,12 @@ fn secrets(dir: &Path) -> anyhow::Result<Secrets> {
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged; delete the folder to start afresh", path.display()));
+        return serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged; delete the folder to start afresh",
+                path.display()
+            )
+        });
     }
     use base64::Engine;
     let mut key = [0u8; 32];
@@ -86,7 +90,12 @@ async fn bind(preferred: &str) -> anyhow::Result<TcpListener> {
 
 /// The settings of development mode: the embedded store in `dir`, one tenant whose
 /// Ameyo is the emulator at `emulator`, quick retries.
-fn settings(dir: &Path, secrets: &Secrets, scim: SocketAddr, emulator: SocketAddr) -> anyhow::Result<Settings> {
+fn settings(
+    dir: &Path,
+    secrets: &Secrets,
+    scim: SocketAddr,
+    emulator: SocketAddr,
+) -> anyhow::Result<Settings> {
     let db = dir.join("ameyo-scim.db");
     let text = format!(
         r#"
@@ -159,7 +168,17 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         }
     });
     // Printed once, for the person at the terminal; the token is never logged.
-    println!("{}", banner(&dir, scim_addr, emulator_addr, &secrets.token));
+    // A closed stdout (`serve --dev | head`) must not stop the service.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}",
+            banner(&dir, scim_addr, emulator_addr, &secrets.token)
+        )
+        .and_then(|_| out.flush());
+    }
     crate::server::serve_with_listener(settings, scim_listener, crate::server::shutdown_signal())
         .await
 }

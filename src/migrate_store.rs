@@ -11,11 +11,13 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, SqlitePool};
+use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::config::{DatabaseKind, DatabaseSettings, database_kind, redacted_url};
+use crate::store::outbox::{import_attempts, import_outbox};
 use crate::store::postgres::{MIGRATOR as PG_MIGRATOR, connect_lazy};
+use crate::store::sqlite::outbox::SqliteOutbox;
 use crate::store::sqlite::{MIGRATOR as SQLITE_MIGRATOR, connect as sqlite_connect};
 
 /// Rows copied per statement.
@@ -169,105 +171,20 @@ async fn copy(
     Ok(copied)
 }
 
-#[derive(sqlx::FromRow)]
-struct OutboxRow {
-    user_id: String,
-    tenant_id: String,
-    desired_version: i64,
-    synced_version: i64,
-    state: String,
-    attempts: i32,
-    next_attempt_at: DateTime<Utc>,
-    pending_since: Option<DateTime<Utc>>,
-    last_error: Option<String>,
-    pending_password: Option<Vec<u8>>,
-    password_version: Option<i64>,
-    ameyo_user_id: Option<String>,
-    cc_user_id: Option<i64>,
-    create_attempted: bool,
-    intended_user_id: Option<String>,
-    ameyo_locked: bool,
-    last_pushed: Option<String>,
-    resync_requested: bool,
-    ameyo_server: Option<String>,
-}
-
 async fn copy_outbox(
     src: &SqlitePool,
     dst: &mut sqlx::PgConnection,
     progress: &Progress,
     copied: &mut Copied,
 ) -> anyhow::Result<()> {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_state")
-        .fetch_one(src)
-        .await?;
-    let mut after = String::new();
+    let outbox = SqliteOutbox::new(src.clone());
+    let (total, _) = outbox.sizes().await?;
+    let mut after = None;
     loop {
-        // A lease held by the SQLite store's process means nothing here: such a row is
-        // copied as pending, so the new workers deliver it.
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT user_id, tenant_id, desired_version, synced_version,
-                    CASE WHEN state = 'leased' THEN 'pending' ELSE state END AS state,
-                    attempts, next_attempt_at, pending_since, last_error, pending_password,
-                    password_version, ameyo_user_id, cc_user_id, create_attempted,
-                    intended_user_id, ameyo_locked, last_pushed, resync_requested, ameyo_server
-             FROM sync_state WHERE user_id > ?1 ORDER BY user_id LIMIT ?2",
-        )
-        .bind(&after)
-        .bind(BATCH)
-        .fetch_all(src)
-        .await?;
+        let rows = outbox.export(after, BATCH).await?;
         let Some(last) = rows.last() else { break };
-        after = last.user_id.clone();
-        let ids = rows
-            .iter()
-            .map(|r| Uuid::parse_str(&r.user_id).with_context(|| format!("user id {}", r.user_id)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let pushed = rows
-            .iter()
-            .map(|r| {
-                r.last_pushed
-                    .as_deref()
-                    .map(serde_json::from_str::<Value>)
-                    .transpose()
-                    .context("a stored last_pushed")
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // Sealed passwords move as they are: they are bound to the user id, which is
-        // kept, and open with the same sync.password_key.
-        let passwords: Vec<Option<Vec<u8>>> =
-            rows.iter().map(|r| r.pending_password.clone()).collect();
-        sqlx::query(
-            "INSERT INTO sync_state (user_id, tenant_id, desired_version, synced_version, state,
-                attempts, next_attempt_at, pending_since, last_error, pending_password,
-                password_version, ameyo_user_id, cc_user_id, create_attempted, intended_user_id,
-                ameyo_locked, last_pushed, resync_requested, ameyo_server)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
-                 $6::int[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bytea[],
-                 $11::bigint[], $12::text[], $13::bigint[], $14::bool[], $15::text[],
-                 $16::bool[], $17::jsonb[], $18::bool[], $19::text[])",
-        )
-        .bind(&ids)
-        .bind(rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.desired_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.synced_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.state.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.pending_since).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.last_error.clone()).collect::<Vec<_>>())
-        .bind(&passwords)
-        .bind(rows.iter().map(|r| r.password_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ameyo_user_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.cc_user_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.create_attempted).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.intended_user_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ameyo_locked).collect::<Vec<_>>())
-        .bind(&pushed)
-        .bind(rows.iter().map(|r| r.resync_requested).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ameyo_server.clone()).collect::<Vec<_>>())
-        .execute(&mut *dst)
-        .await?;
+        after = Some(last.user_id);
+        import_outbox(dst, &rows).await?;
         copied.outbox_rows += rows.len() as u64;
         copied.pending += rows.iter().filter(|r| r.state == "pending").count() as u64;
         progress.show("outbox", copied.outbox_rows, total as u64);
@@ -276,68 +193,21 @@ async fn copy_outbox(
     Ok(())
 }
 
-type AttemptRow = (
-    DateTime<Utc>,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    Option<i32>,
-    i32,
-    Option<String>,
-);
-
 async fn copy_attempts(
     src: &SqlitePool,
     dst: &mut sqlx::PgConnection,
     progress: &Progress,
     copied: &mut Copied,
 ) -> anyhow::Result<()> {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_attempts")
-        .fetch_one(src)
-        .await?;
+    let outbox = SqliteOutbox::new(src.clone());
+    let (_, total) = outbox.sizes().await?;
     let mut after = 0i64;
     loop {
-        let rows: Vec<(i64, AttemptRow)> = sqlx::query_as::<_, (i64, DateTime<Utc>, String, String, i64, String, String, String, Option<i32>, i32, Option<String>)>(
-            "SELECT id, at, tenant_id, user_id, version, worker, call, outcome, http_status,
-                    duration_ms, error
-             FROM sync_attempts WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )
-        .bind(after)
-        .bind(BATCH)
-        .fetch_all(src)
-        .await?
-        .into_iter()
-        .map(|r| (r.0, (r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10)))
-        .collect();
+        let rows = outbox.export_attempts(after, BATCH).await?;
         let Some(last) = rows.last() else { break };
         after = last.0;
-        let rows: Vec<AttemptRow> = rows.into_iter().map(|r| r.1).collect();
-        let users = rows
-            .iter()
-            .map(|r| Uuid::parse_str(&r.2).with_context(|| format!("user id {}", r.2)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        sqlx::query(
-            "INSERT INTO sync_attempts (at, tenant_id, user_id, version, worker, call, outcome,
-                                        http_status, duration_ms, error)
-             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::uuid[], $4::bigint[],
-                                  $5::text[], $6::text[], $7::text[], $8::int[], $9::int[],
-                                  $10::text[])",
-        )
-        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
-        .bind(&users)
-        .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.4.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.5.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.6.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.7).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.8).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.9.clone()).collect::<Vec<_>>())
-        .execute(&mut *dst)
-        .await?;
+        let rows: Vec<_> = rows.into_iter().map(|r| r.1).collect();
+        import_attempts(dst, &rows).await?;
         copied.attempts += rows.len() as u64;
         progress.show("attempt log", copied.attempts, total as u64);
     }

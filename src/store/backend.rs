@@ -15,6 +15,9 @@ use super::outbox::{Outbox, PgOutbox};
 use super::password::PasswordCipher;
 use super::postgres::{PgStore, connect_lazy};
 use super::session::PgSessionStore;
+use super::sqlite::SqliteStore;
+use super::sqlite::outbox::SqliteOutbox;
+use super::sqlite::session::SqliteSessionStore;
 use crate::ameyo::client::SessionStore;
 use crate::config::{DatabaseKind, Settings, redacted_url};
 
@@ -22,6 +25,7 @@ use crate::config::{DatabaseKind, Settings, redacted_url};
 #[derive(Clone, Debug)]
 pub enum Db {
     Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
 }
 
 /// An open store.
@@ -89,11 +93,46 @@ impl Backend {
                 Ok(Self::postgres(pool, cipher))
             }
             DatabaseKind::Sqlite { path } => {
-                anyhow::bail!(
-                    "the embedded store ({}) is not available in this build",
-                    path.map(|p: PathBuf| p.display().to_string())
-                        .unwrap_or_else(|| ":memory:".into())
-                )
+                let shown = path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| ":memory:".into());
+                if let Some(p) = &path {
+                    if access == Access::Admin && !p.exists() {
+                        anyhow::bail!("there is no embedded store at {shown}");
+                    }
+                    if settings.database.is_default() {
+                        let full = std::env::current_dir()
+                            .map(|d| d.join(p))
+                            .unwrap_or_else(|_| PathBuf::from(p));
+                        tracing::info!(path = %full.display(), "no database.url configured: using the embedded store");
+                    }
+                }
+                // One process serves a file; take it before touching it.
+                let lock = match (&path, access) {
+                    (Some(p), Access::Serve) => Some(Arc::new(
+                        super::lock::acquire(p).map_err(anyhow::Error::msg)?,
+                    )),
+                    _ => None,
+                };
+                // An in-memory database lives in one connection.
+                let connections = if path.is_none() {
+                    1
+                } else {
+                    settings.database.max_connections
+                };
+                let pool = super::sqlite::connect(url, connections)
+                    .await
+                    .with_context(|| format!("cannot open the embedded store {shown}"))?;
+                if access != Access::Admin {
+                    super::sqlite::MIGRATOR
+                        .run(&pool)
+                        .await
+                        .with_context(|| format!("cannot apply migrations to {shown}"))?;
+                }
+                let mut backend = Self::sqlite(pool, cipher);
+                backend.lock = lock;
+                Ok(backend)
             }
         }
     }
@@ -105,6 +144,20 @@ impl Backend {
             outbox: Arc::new(PgOutbox::new(pool.clone())),
             cipher,
             db: Db::Postgres(pool),
+            lock: None,
+        }
+    }
+
+    /// A store over an open SQLite pool (migrations already applied). Writes wake this
+    /// process's workers directly.
+    pub fn sqlite(pool: sqlx::SqlitePool, cipher: PasswordCipher) -> Self {
+        let outbox = SqliteOutbox::new(pool.clone());
+        let users = SqliteStore::new(pool.clone(), cipher.clone()).with_wakeup(outbox.wakeup());
+        Self {
+            users: Arc::new(users),
+            outbox: Arc::new(outbox),
+            cipher,
+            db: Db::Sqlite(pool),
             lock: None,
         }
     }
@@ -122,6 +175,12 @@ impl Backend {
                     tenant,
                     &owner,
                 ))),
+                Db::Sqlite(pool) => Some(Arc::new(SqliteSessionStore::new(
+                    pool.clone(),
+                    cipher.clone(),
+                    tenant,
+                    &owner,
+                ))),
             }
         }
     }
@@ -130,6 +189,7 @@ impl Backend {
     pub fn pool_stats(&self) -> (usize, usize) {
         match &self.db {
             Db::Postgres(pool) => (pool.num_idle(), pool.size() as usize),
+            Db::Sqlite(pool) => (pool.num_idle(), pool.size() as usize),
         }
     }
 

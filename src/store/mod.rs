@@ -5,6 +5,8 @@ pub mod backend;
 pub mod filter_sql;
 pub mod lock;
 pub mod outbox;
+#[cfg(test)]
+pub(crate) mod outbox_contract;
 pub mod password;
 pub mod postgres;
 pub mod session;
@@ -109,6 +111,14 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         // proxy restarting, a connection cut mid-message): the link is broken, not the
         // request, and the pool drops the connection.
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // SQLite: the file is busy or locked by another connection past busy_timeout.
+        sqlx::Error::Database(db)
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+        {
+            db.code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
         sqlx::Error::Database(db) => db.code().is_some_and(|c| is_transient_sqlstate(&c)),
         _ => false,
     }

@@ -243,6 +243,131 @@ pub struct LinkedUser {
     pub ameyo_user_id: Option<String>,
 }
 
+/// One outbox row whole, as `migrate-store` moves it between stores. A lease means
+/// nothing in another store, so an exported leased row is pending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub user_id: Uuid,
+    pub tenant_id: String,
+    pub desired_version: i64,
+    pub synced_version: i64,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub pending_since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Sealed, bound to the user id: it moves as it is.
+    pub pending_password: Option<Vec<u8>>,
+    pub password_version: Option<i64>,
+    pub ameyo_user_id: Option<String>,
+    pub cc_user_id: Option<i64>,
+    pub create_attempted: bool,
+    pub intended_user_id: Option<String>,
+    pub ameyo_locked: bool,
+    pub last_pushed: Option<Value>,
+    pub resync_requested: bool,
+    pub ameyo_server: Option<String>,
+}
+
+/// One attempt-log entry, as `migrate-store` moves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub at: DateTime<Utc>,
+    pub tenant_id: String,
+    pub user_id: Uuid,
+    pub version: i64,
+    pub worker: String,
+    pub call: String,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub duration_ms: i32,
+    pub error: Option<String>,
+}
+
+/// Write exported outbox rows into PostgreSQL (inside the caller's transaction).
+pub async fn import_outbox(conn: &mut sqlx::PgConnection, rows: &[OutboxRecord]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_state (user_id, tenant_id, desired_version, synced_version, state,
+            attempts, next_attempt_at, pending_since, last_error, pending_password,
+            password_version, ameyo_user_id, cc_user_id, create_attempted, intended_user_id,
+            ameyo_locked, last_pushed, resync_requested, ameyo_server)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
+             $6::int[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bytea[],
+             $11::bigint[], $12::text[], $13::bigint[], $14::bool[], $15::text[],
+             $16::bool[], $17::jsonb[], $18::bool[], $19::text[])",
+    )
+    .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.desired_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.synced_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.state.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.pending_since).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.last_error.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.pending_password.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.password_version).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.ameyo_user_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.cc_user_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.create_attempted).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.intended_user_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.ameyo_locked).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.last_pushed.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.resync_requested).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.ameyo_server.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Write exported attempt-log entries into PostgreSQL.
+pub async fn import_attempts(conn: &mut sqlx::PgConnection, rows: &[AttemptRecord]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_attempts (at, tenant_id, user_id, version, worker, call, outcome,
+                                    http_status, duration_ms, error)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::uuid[], $4::bigint[],
+                              $5::text[], $6::text[], $7::text[], $8::int[], $9::int[],
+                              $10::text[])",
+    )
+    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.worker.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.call.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.http_status).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The outbox as the worker and the operator tools see it. Every backend implements
 /// it; every method is one statement (or one transaction).
 #[async_trait]

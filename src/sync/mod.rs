@@ -280,13 +280,18 @@ impl Worker {
             let budget = self.lease().saturating_sub(Duration::from_secs(5)).max(Duration::from_secs(5));
             let worker = self.clone();
             let claimed = c.clone();
+            // What the delivery has learnt so far, kept outside it: a delivery cut off
+            // or failed midway must still record what it did (a claimed userId, a create
+            // sent), or the next attempt would not look before creating again.
+            let seen = Arc::new(std::sync::Mutex::new(Progress::new(c.link.clone())));
+            let seen_inside = seen.clone();
             let job = tokio::spawn(
                 async move {
                     let mut log = Vec::new();
                     let mut secrets = Vec::new();
                     let delivered = tokio::time::timeout(
                         budget,
-                        worker.deliver(&claimed, &tenant, &mut log, &mut secrets),
+                        worker.deliver(&claimed, &tenant, &seen_inside, &mut log, &mut secrets),
                     )
                     .await;
                     let (outcome, progress) = match delivered {
@@ -298,7 +303,7 @@ impl Worker {
                                 status: None,
                                 maybe_applied: true,
                             }),
-                            Progress::new(claimed.link.clone()),
+                            last_seen(&seen_inside),
                         ),
                     };
                     (outcome, progress, log, secrets)
@@ -319,12 +324,7 @@ impl Worker {
                     } else {
                         Outcome::Retry(failure)
                     };
-                    (
-                        outcome,
-                        Progress::new(c.link.clone()),
-                        Vec::new(),
-                        Vec::new(),
-                    )
+                    (outcome, last_seen(&seen), Vec::new(), Vec::new())
                 }
             };
             let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
@@ -359,6 +359,7 @@ impl Worker {
         &self,
         c: &Claimed,
         tenant: &Tenant,
+        seen: &std::sync::Mutex<Progress>,
         log: &mut Vec<CallRecord>,
         secrets: &mut Vec<String>,
     ) -> (Outcome, Progress) {
@@ -462,6 +463,7 @@ impl Worker {
                 Step::Delete { user_id } => done(tenant.client.delete_user(user_id, log).await),
             };
             decide::observe(&case, &mut progress, &step, answer);
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = progress.clone();
         }
         (
             Outcome::Retry(CallError::transient(
@@ -532,6 +534,11 @@ impl Worker {
             .complete(c, &self.owner, &tenant.server, &completion, &attempts)
             .await
     }
+}
+
+/// The progress a delivery had recorded when it was cut off or failed.
+fn last_seen(seen: &std::sync::Mutex<Progress>) -> Progress {
+    seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// The password a step carries: the IdP's, a fresh undisclosed one, or none. Every

@@ -3,13 +3,18 @@
 //! `serve --dev`. Durable: WAL journal with `synchronous = FULL`, so every acknowledged
 //! write survives a crash of the process (and of the machine).
 
+pub mod filter;
 pub mod outbox;
+pub mod session;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use users::SqliteStore;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
 
@@ -83,5 +88,36 @@ mod tests {
             .unwrap();
         assert!(later > now, "{later} > {now}");
         assert!(format_time(chrono::Utc::now() - chrono::Duration::seconds(5)) < now);
+    }
+
+    #[tokio::test]
+    async fn a_busy_file_is_a_transient_error() {
+        let dir = std::env::temp_dir().join(format!("ameyo-scim-busy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("busy.db").display());
+        let holder = connect(&url, 1).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&holder)
+            .await
+            .unwrap();
+        let mut tx = holder.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .busy_timeout(Duration::ZERO);
+        let other = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        let e = sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&other)
+            .await
+            .unwrap_err();
+        assert!(crate::store::is_transient(&e), "{e}");
+        tx.rollback().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
