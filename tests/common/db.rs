@@ -320,6 +320,7 @@ impl Sql {
     pub fn of(backend: &Backend) -> Sql {
         match &backend.db {
             Db::Postgres(pool) => Sql::Postgres(pool.clone()),
+            Db::Sqlite(pool) => Sql::Sqlite(pool.clone()),
         }
     }
 
@@ -771,6 +772,11 @@ pub async fn hold_every_connection(backend: &Backend) -> Vec<Box<dyn std::any::A
     let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
     match &backend.db {
         Db::Postgres(pool) => {
+            for _ in 0..pool.options().get_max_connections() {
+                held.push(Box::new(pool.acquire().await.expect("a connection")));
+            }
+        }
+        Db::Sqlite(pool) => {
             for _ in 0..pool.options().get_max_connections() {
                 held.push(Box::new(pool.acquire().await.expect("a connection")));
             }
