@@ -579,33 +579,42 @@ fn remove_dead_runs(parent: &Path) {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        remove_orphaned_shared_memory(&entry.path().join("pg").join("data"));
-        let _ = std::fs::remove_dir_all(entry.path());
+        // The server's processes may still be on their way out: then the dir stays,
+        // for a later run to remove with the memory they leave.
+        if remove_orphaned_shared_memory(&entry.path().join("pg").join("data")) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
 /// A killed postmaster leaves its System V segment behind; `postmaster.pid` names it
-/// (line 7: key and id). Removed only if it is still that segment and nobody uses it.
-fn remove_orphaned_shared_memory(data: &Path) {
+/// (line 7: key and id). Removes it if it is still that segment and nobody uses it;
+/// false while something still does.
+fn remove_orphaned_shared_memory(data: &Path) -> bool {
     let Ok(pidfile) = std::fs::read_to_string(data.join("postmaster.pid")) else {
-        return;
+        return true;
     };
     let Some((key, shmid)) = pidfile.lines().nth(6).and_then(|l| {
         let mut f = l.split_whitespace();
         Some((f.next()?.parse::<i64>().ok()?, f.next()?.to_string()))
     }) else {
-        return;
+        return true;
     };
     let Ok(table) = std::fs::read_to_string("/proc/sysvipc/shm") else {
-        return;
+        return true;
     };
     // Columns: key shmid perms size cpid lpid nattch ...
-    let orphaned = table.lines().skip(1).any(|l| {
+    let attached = table.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 6 && f[0].parse::<i64>().ok() == Some(key) && f[1] == shmid && f[6] == "0"
+        (f.len() > 6 && f[0].parse::<i64>().ok() == Some(key) && f[1] == shmid).then(|| f[6] != "0")
     });
-    if orphaned {
-        let _ = Command::new("ipcrm").args(["-m", &shmid]).status();
+    match attached {
+        None => true,
+        Some(true) => false,
+        Some(false) => Command::new("ipcrm")
+            .args(["-m", &shmid])
+            .status()
+            .is_ok_and(|s| s.success()),
     }
 }
 
