@@ -1,7 +1,15 @@
-//! SCIM filters and sort keys as SQL over the `users` table (alias `u`). Attribute names
-//! come only from the static schema, so they are inlined as literals; every value the
-//! client sent is a bind parameter.
+//! SCIM filters and sort keys as SQL over the `users` table (alias `u`), for both stores.
+//! One walker over the filter AST decides what a filter means (where each attribute
+//! lives, presence, `not` and `ne` kept two-valued, value paths over multi-valued
+//! attributes, the e-mail index, ids); a [`Dialect`] spells its pieces in one database's
+//! SQL. So PostgreSQL and SQLite give the same answers by construction, and differ only
+//! where their SQL must. This module also holds the PostgreSQL dialect and its entry
+//! points [`push_filter`] and [`sort_expr`]; the SQLite ones are in
+//! [`crate::store::sqlite::filter`]. Attribute names come only from the static schema,
+//! so they are inlined as literals; every value the client sent is a bind parameter.
 
+use chrono::{DateTime, Utc};
+use serde_json::Number;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -10,116 +18,159 @@ use crate::scim::filter::{AttrPath, CompValue, CompareOp, Filter};
 use crate::scim::schema::{AttrDef, AttrRef, AttrType, Container};
 
 /// Where a scalar lives in SQL.
-enum Source {
-    /// A real column, with the type it has.
+pub(crate) enum Source {
+    /// A real column (or an expression over columns), with the type it has.
     Column(&'static str, ColumnKind),
-    /// `(<jsonb object expression>) -> 'key'`.
-    Json { object: String, key: &'static str },
+    /// A value inside the resource's JSON, as the dialect extracts it: SQL NULL when the
+    /// key is missing or holds JSON null.
+    Json(String),
+}
+
+impl Source {
+    fn expr(&self) -> &str {
+        match self {
+            Source::Column(sql, _) => sql,
+            Source::Json(expr) => expr,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum ColumnKind {
+pub(crate) enum ColumnKind {
     Text,
     Bool,
     Time,
     Uuid,
 }
 
-fn lit(s: &str) -> String {
+/// A client's literal that is not a string, checked against the attribute's type.
+pub(crate) enum Literal<'v> {
+    Bool(bool),
+    Num(&'v Number),
+    Time(DateTime<Utc>),
+}
+
+/// The SQL of one store for the pieces the walker puts together. The filter's elements
+/// being searched are always the row source `e`.
+pub(crate) trait Dialect {
+    type Db: sqlx::Database;
+
+    /// The column userName is compared and sorted on.
+    const USER_NAME: &'static str;
+    /// `meta.resourceType`, a constant of every user.
+    const RESOURCE_TYPE: &'static str;
+    /// The id as text, for the comparisons other than equality.
+    const ID_TEXT: &'static str;
+    /// The ORDER BY of the elements `e` that puts the primary one first.
+    const PRIMARY_FIRST: &'static str;
+
+    /// A singular attribute of the resource, or a sub-attribute of a singular complex one.
+    fn attribute(attr: AttrRef, sub: Option<&AttrDef>) -> String;
+    /// A sub-attribute of the element `e`.
+    fn element(name: &str) -> String;
+    /// A row source `e` over the elements of a multi-valued attribute: none when it is
+    /// absent.
+    fn elements(attr: AttrRef) -> String;
+    /// The resource has the key of a multi-valued attribute, whatever it holds.
+    fn has_key(attr: AttrRef) -> String;
+    /// The value of `source` as its attribute's type, for comparing and ordering;
+    /// caseExact=false strings folded.
+    fn typed(source: &Source, def: &AttrDef) -> String;
+    /// Binds a literal so that it compares with [`Dialect::typed`] of its attribute.
+    fn push_literal(qb: &mut QueryBuilder<Self::Db>, value: Literal<'_>);
+    /// Binds an id as the `u.id` column holds it.
+    fn push_id(qb: &mut QueryBuilder<Self::Db>, id: Uuid);
+    /// A string comparison (`ne` comes as `eq`, negated by the caller), folding both
+    /// sides when `case_exact` is false.
+    fn push_text_cmp(
+        qb: &mut QueryBuilder<Self::Db>,
+        expr: &str,
+        case_exact: bool,
+        op: CompareOp,
+        s: &str,
+    );
+    /// An index-backed test for "has this e-mail value"; the exact test always follows
+    /// it, so it only narrows the rows the database looks at.
+    fn push_email_key(qb: &mut QueryBuilder<Self::Db>, value: &str);
+}
+
+pub(crate) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The jsonb expression of an attribute's container.
-fn container_expr(c: Container) -> String {
-    match c {
-        Container::Core => "u.resource".into(),
-        Container::Extension(e) => format!("(u.resource -> {})", lit(e.id)),
-    }
+/// What the leaves of a filter test: the user, or inside a value path the element `e`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    User,
+    Element,
 }
 
-/// Where a singular top-level attribute (or a singular complex attribute's
-/// sub-attribute) lives.
-fn singular_source(attr: AttrRef, sub: Option<&'static AttrDef>) -> Result<Source, ScimError> {
-    if attr.container == Container::Core {
-        match (attr.attr.name, sub.map(|s| s.name)) {
-            ("id", None) => return Ok(Source::Column("u.id", ColumnKind::Uuid)),
-            ("userName", None) => return Ok(Source::Column("u.user_name", ColumnKind::Text)),
-            ("externalId", None) => return Ok(Source::Column("u.external_id", ColumnKind::Text)),
-            ("active", None) => return Ok(Source::Column("u.active", ColumnKind::Bool)),
-            ("meta", Some("created")) => return Ok(Source::Column("u.created", ColumnKind::Time)),
-            ("meta", Some("lastModified")) => {
-                return Ok(Source::Column("u.last_modified", ColumnKind::Time));
-            }
-            ("meta", Some("version")) => {
-                return Ok(Source::Column(
-                    "('W/\"' || u.version || '\"')",
-                    ColumnKind::Text,
-                ));
-            }
-            ("meta", Some("resourceType")) => {
-                return Ok(Source::Column("'User'::text", ColumnKind::Text));
-            }
-            ("meta", _) => {
-                return Err(ScimError::invalid_filter(
-                    "meta.location cannot be used in a filter or sort",
-                ));
-            }
-            _ => {}
-        }
-    }
-    let base = container_expr(attr.container);
-    Ok(match sub {
-        None => Source::Json {
-            object: base,
-            key: attr.attr.name,
-        },
-        Some(s) => Source::Json {
-            object: format!("({base} -> {})", lit(attr.attr.name)),
-            key: s.name,
-        },
-    })
+/// Translates one filter into a boolean SQL expression of dialect `D` appended to `qb`.
+pub(crate) fn push_filter_as<D: Dialect>(
+    qb: &mut QueryBuilder<D::Db>,
+    f: &Filter,
+) -> Result<(), ScimError> {
+    push_bool::<D>(qb, f, Subject::User)
 }
 
-/// Translates one filter into a boolean SQL expression appended to `qb`.
-pub fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &Filter) -> Result<(), ScimError> {
+/// A filter, or a value path's inner filter, as a boolean expression.
+fn push_bool<D: Dialect>(
+    qb: &mut QueryBuilder<D::Db>,
+    f: &Filter,
+    subject: Subject,
+) -> Result<(), ScimError> {
     match f {
         Filter::And(a, b) | Filter::Or(a, b) => {
             qb.push("(");
-            push_filter(qb, a)?;
+            push_bool::<D>(qb, a, subject)?;
             qb.push(if matches!(f, Filter::And(..)) {
                 " AND "
             } else {
                 " OR "
             });
-            push_filter(qb, b)?;
+            push_bool::<D>(qb, b, subject)?;
             qb.push(")");
         }
         Filter::Not(a) => {
             // NULL (an absent attribute) is "no match"; IS NOT TRUE keeps it so under NOT.
             qb.push("((");
-            push_filter(qb, a)?;
+            push_bool::<D>(qb, a, subject)?;
             qb.push(") IS NOT TRUE)");
         }
-        Filter::Present(path) => push_top(qb, path, None)?,
-        Filter::Compare(path, op, v) => push_top(qb, path, Some((*op, v)))?,
+        Filter::Present(path) | Filter::Compare(path, ..) => {
+            let cmp = match f {
+                Filter::Compare(_, op, v) => Some((*op, v)),
+                _ => None,
+            };
+            match subject {
+                Subject::User => push_top::<D>(qb, path, cmp)?,
+                Subject::Element => {
+                    let Some(sub) = path.sub else {
+                        return Err(ScimError::invalid_filter(
+                            "a value filter must name sub-attributes",
+                        ));
+                    };
+                    push_scalar::<D>(qb, &Source::Json(D::element(sub.name)), sub, cmp)?;
+                }
+            }
+        }
+        Filter::ValuePath(..) if subject == Subject::Element => {
+            return Err(ScimError::invalid_filter("value filters cannot be nested"));
+        }
         Filter::ValuePath(attr, inner) => {
-            push_email_prefilter(qb, *attr, inner);
-            qb.push("EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(");
-            qb.push(container_expr(attr.container));
-            qb.push(format!(
-                " -> {}, '[]'::jsonb)) AS e(v) WHERE ",
-                lit(attr.attr.name)
-            ));
-            push_element(qb, inner)?;
-            qb.push(")");
+            // The prefilters and the EXISTS are one term, whatever the context.
+            qb.push("(");
+            push_email_prefilter::<D>(qb, *attr, inner);
+            push_exists_open::<D>(qb, *attr);
+            push_bool::<D>(qb, inner, Subject::Element)?;
+            qb.push("))");
         }
     }
     Ok(())
 }
 
-/// The GIN index on `scim_email_values(resource)` answers e-mail equality; the exact
-/// test still follows, so this only narrows the rows the planner has to look at.
-fn push_email_prefilter(qb: &mut QueryBuilder<Postgres>, attr: AttrRef, inner: &Filter) {
+/// The e-mail equalities that must all hold inside a value path, each as a prefilter.
+fn push_email_prefilter<D: Dialect>(qb: &mut QueryBuilder<D::Db>, attr: AttrRef, inner: &Filter) {
     fn eq_values<'f>(f: &'f Filter, out: &mut Vec<&'f str>) {
         match f {
             Filter::And(a, b) => {
@@ -134,28 +185,75 @@ fn push_email_prefilter(qb: &mut QueryBuilder<Postgres>, attr: AttrRef, inner: &
             _ => {}
         }
     }
-    if attr.container != Container::Core || attr.attr.name != "emails" {
+    if !is_emails(attr) {
         return;
     }
     let mut values = Vec::new();
     eq_values(inner, &mut values);
     for v in values {
-        qb.push("scim_email_values(u.resource) @> ARRAY[lower(");
-        qb.push_bind(v.to_string());
-        qb.push(")] AND ");
+        D::push_email_key(qb, v);
+        qb.push(" AND ");
     }
 }
 
+fn is_emails(attr: AttrRef) -> bool {
+    attr.container == Container::Core && attr.attr.name == "emails"
+}
+
+/// `EXISTS (SELECT 1 FROM <the elements e> WHERE `: the caller closes it.
+fn push_exists_open<D: Dialect>(qb: &mut QueryBuilder<D::Db>, attr: AttrRef) {
+    qb.push(format!(
+        "EXISTS (SELECT 1 FROM {} WHERE ",
+        D::elements(attr)
+    ));
+}
+
+/// Where a singular top-level attribute (or a singular complex attribute's
+/// sub-attribute) lives.
+fn singular_source<D: Dialect>(
+    attr: AttrRef,
+    sub: Option<&'static AttrDef>,
+) -> Result<Source, ScimError> {
+    if attr.container == Container::Core {
+        match (attr.attr.name, sub.map(|s| s.name)) {
+            ("id", None) => return Ok(Source::Column("u.id", ColumnKind::Uuid)),
+            ("userName", None) => return Ok(Source::Column(D::USER_NAME, ColumnKind::Text)),
+            ("externalId", None) => return Ok(Source::Column("u.external_id", ColumnKind::Text)),
+            ("active", None) => return Ok(Source::Column("u.active", ColumnKind::Bool)),
+            ("meta", Some("created")) => return Ok(Source::Column("u.created", ColumnKind::Time)),
+            ("meta", Some("lastModified")) => {
+                return Ok(Source::Column("u.last_modified", ColumnKind::Time));
+            }
+            ("meta", Some("version")) => {
+                return Ok(Source::Column(
+                    "('W/\"' || u.version || '\"')",
+                    ColumnKind::Text,
+                ));
+            }
+            ("meta", Some("resourceType")) => {
+                return Ok(Source::Column(D::RESOURCE_TYPE, ColumnKind::Text));
+            }
+            ("meta", _) => {
+                return Err(ScimError::invalid_filter(
+                    "meta.location cannot be used in a filter or sort",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(Source::Json(D::attribute(attr, sub)))
+}
+
 /// A comparison (or presence test when `cmp` is `None`) on a top-level path.
-fn push_top(
-    qb: &mut QueryBuilder<Postgres>,
+fn push_top<D: Dialect>(
+    qb: &mut QueryBuilder<D::Db>,
     path: &AttrPath,
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<(), ScimError> {
     let attr = path.attr;
     if !attr.attr.multi_valued {
-        let source = singular_source(attr, path.sub)?;
-        return push_scalar(qb, &source, path.leaf(), cmp);
+        let source = singular_source::<D>(attr, path.sub)?;
+        return push_scalar::<D>(qb, &source, path.leaf(), cmp);
     }
     // Multi-valued: `emails pr`, or a test on some element (`emails.value`, or `emails`
     // meaning its `value`).
@@ -165,11 +263,7 @@ fn push_top(
         (None, _) => None,
     };
     if cmp.is_none() && path.sub.is_none() {
-        qb.push(format!(
-            "({} ? {})",
-            container_expr(attr.container),
-            lit(attr.attr.name)
-        ));
+        qb.push(format!("({})", D::has_key(attr)));
         return Ok(());
     }
     let Some(elem_attr) = elem_attr else {
@@ -187,14 +281,13 @@ fn push_top(
     };
     if let Some((CompareOp::Eq, CompValue::Str(s))) = cmp
         && !negate
-        && attr.container == Container::Core
-        && attr.attr.name == "emails"
+        && is_emails(attr)
         && elem_attr.name == "value"
     {
-        qb.push("(scim_email_values(u.resource) @> ARRAY[lower(");
-        qb.push_bind(s.clone());
-        qb.push(")] AND ");
-        push_exists(qb, attr, elem_attr, cmp)?;
+        qb.push("(");
+        D::push_email_key(qb, s);
+        qb.push(" AND ");
+        push_exists::<D>(qb, attr, elem_attr, cmp)?;
         qb.push(")");
         return Ok(());
     }
@@ -202,108 +295,49 @@ fn push_top(
         qb.push("(NOT ");
     }
     // EXISTS is never NULL, so a plain NOT is right here.
-    push_exists(qb, attr, elem_attr, cmp)?;
+    push_exists::<D>(qb, attr, elem_attr, cmp)?;
     if negate {
         qb.push(")");
     }
     Ok(())
 }
 
-fn push_exists(
-    qb: &mut QueryBuilder<Postgres>,
+fn push_exists<D: Dialect>(
+    qb: &mut QueryBuilder<D::Db>,
     attr: AttrRef,
     elem_attr: &'static AttrDef,
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<(), ScimError> {
-    qb.push("EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(");
-    qb.push(container_expr(attr.container));
-    qb.push(format!(
-        " -> {}, '[]'::jsonb)) AS e(v) WHERE ",
-        lit(attr.attr.name)
-    ));
-    let source = Source::Json {
-        object: "e.v".into(),
-        key: elem_attr.name,
-    };
-    push_scalar(qb, &source, elem_attr, cmp)?;
+    push_exists_open::<D>(qb, attr);
+    push_scalar::<D>(
+        qb,
+        &Source::Json(D::element(elem_attr.name)),
+        elem_attr,
+        cmp,
+    )?;
     qb.push(")");
     Ok(())
 }
 
-/// The inner filter of a value path, over the element `e.v`.
-fn push_element(qb: &mut QueryBuilder<Postgres>, f: &Filter) -> Result<(), ScimError> {
-    match f {
-        Filter::And(a, b) | Filter::Or(a, b) => {
-            qb.push("(");
-            push_element(qb, a)?;
-            qb.push(if matches!(f, Filter::And(..)) {
-                " AND "
-            } else {
-                " OR "
-            });
-            push_element(qb, b)?;
-            qb.push(")");
-        }
-        Filter::Not(a) => {
-            qb.push("((");
-            push_element(qb, a)?;
-            qb.push(") IS NOT TRUE)");
-        }
-        Filter::Present(p) | Filter::Compare(p, ..) => {
-            let Some(sub) = p.sub else {
-                return Err(ScimError::invalid_filter(
-                    "a value filter must name sub-attributes",
-                ));
-            };
-            let source = Source::Json {
-                object: "e.v".into(),
-                key: sub.name,
-            };
-            let cmp = match f {
-                Filter::Compare(_, op, v) => Some((*op, v)),
-                _ => None,
-            };
-            push_scalar(qb, &source, sub, cmp)?;
-        }
-        Filter::ValuePath(..) => {
-            return Err(ScimError::invalid_filter("value filters cannot be nested"));
-        }
-    }
-    Ok(())
-}
-
-/// Escape LIKE's wildcards so the client's text matches literally.
-fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// A presence test or comparison on one scalar. A comparison with an absent value is
 /// NULL, which WHERE treats as no match; `not` and `ne` use `IS NOT TRUE` so that it
-/// stays two-valued. Plain comparisons keep the indexes usable.
-fn push_scalar(
-    qb: &mut QueryBuilder<Postgres>,
+/// stays two-valued. Presence tests are never NULL. Plain comparisons keep the indexes
+/// usable.
+fn push_scalar<D: Dialect>(
+    qb: &mut QueryBuilder<D::Db>,
     source: &Source,
     def: &'static AttrDef,
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<(), ScimError> {
-    let (text_expr, kind) = match source {
-        Source::Column(sql, kind) => (sql.to_string(), Some(*kind)),
-        Source::Json { object, key } => (format!("({object} ->> {})", lit(key)), None),
-    };
+    // Present is neither missing, nor JSON null, nor "", as PostgreSQL's `->>` reads it.
+    // (SQLite's json_extract gives a JSON false or 0 as the integer 0, which is not ''.)
     let present = match source {
         Source::Column(sql, ColumnKind::Text) => format!("coalesce({sql}, '') <> ''"),
         Source::Column(sql, _) => format!("{sql} IS NOT NULL"),
-        Source::Json { .. } if def.ty == AttrType::Complex || def.multi_valued => {
-            format!("{text_expr} IS NOT NULL")
+        Source::Json(expr) if def.ty == AttrType::Complex || def.multi_valued => {
+            format!("{expr} IS NOT NULL")
         }
-        Source::Json { .. } => format!("coalesce({text_expr}, '') <> ''"),
+        Source::Json(expr) => format!("coalesce({expr}, '') <> ''"),
     };
     let Some((op, value)) = cmp else {
         qb.push(format!("({present})"));
@@ -319,26 +353,26 @@ fn push_scalar(
             }
             return Ok(());
         }
-        CompValue::Str(s) if kind == Some(ColumnKind::Uuid) => {
-            // Our ids are UUIDs: equality uses the primary key; a non-UUID matches nothing.
+        CompValue::Str(s) if matches!(source, Source::Column(_, ColumnKind::Uuid)) => {
+            // Our ids are UUIDs: equality uses the primary key; a value that is no UUID
+            // equals none.
             match (op, Uuid::parse_str(s)) {
-                (CompareOp::Eq, Ok(id)) => {
-                    qb.push("(u.id = ");
-                    qb.push_bind(id);
+                (CompareOp::Eq | CompareOp::Ne, Ok(id)) => {
+                    qb.push(if op == CompareOp::Eq {
+                        "(u.id = "
+                    } else {
+                        "(u.id <> "
+                    });
+                    D::push_id(qb, id);
                     qb.push(")");
                 }
                 (CompareOp::Eq, Err(_)) => {
                     qb.push("FALSE");
                 }
-                (CompareOp::Ne, Ok(id)) => {
-                    qb.push("(u.id <> ");
-                    qb.push_bind(id);
-                    qb.push(")");
-                }
                 (CompareOp::Ne, Err(_)) => {
                     qb.push("TRUE");
                 }
-                _ => push_text_cmp(qb, "u.id::text", true, op, s),
+                _ => D::push_text_cmp(qb, D::ID_TEXT, true, op, s),
             }
             return Ok(());
         }
@@ -356,45 +390,24 @@ fn push_scalar(
     if op == CompareOp::Ne {
         qb.push("((");
     }
-    match (def.ty, value, kind) {
-        (AttrType::Boolean, CompValue::Bool(b), _) => {
-            let expr = match kind {
-                Some(_) => text_expr.clone(),
-                None => format!("({text_expr})::boolean"),
-            };
-            qb.push(format!("({expr} {op_sql} "));
-            qb.push_bind(*b);
-            qb.push(")");
-        }
-        (AttrType::Integer | AttrType::Decimal, CompValue::Num(n), _) => {
-            qb.push(format!("(({text_expr})::numeric {op_sql} "));
-            qb.push_bind(n.to_string());
-            qb.push("::numeric)");
-        }
-        (AttrType::DateTime, CompValue::Str(s), _) => {
-            let t = chrono::DateTime::parse_from_rfc3339(s)
+    // Strings compare as text, which the dialect folds; the other literals as the SQL
+    // type of their attribute.
+    let literal = match (def.ty, value) {
+        (AttrType::Boolean, CompValue::Bool(b)) => Some(Literal::Bool(*b)),
+        (AttrType::Integer | AttrType::Decimal, CompValue::Num(n)) => Some(Literal::Num(n)),
+        (AttrType::DateTime, CompValue::Str(s)) => Some(Literal::Time(
+            DateTime::parse_from_rfc3339(s)
                 .map_err(|_| ScimError::invalid_filter("expected an RFC 3339 date-time"))?
-                .with_timezone(&chrono::Utc);
-            let expr = match kind {
-                Some(ColumnKind::Time) => text_expr.clone(),
-                _ => format!("({text_expr})::timestamptz"),
+                .with_timezone(&Utc),
+        )),
+        (_, CompValue::Str(s)) => {
+            let op = if op == CompareOp::Ne {
+                CompareOp::Eq
+            } else {
+                op
             };
-            qb.push(format!("({expr} {op_sql} "));
-            qb.push_bind(t);
-            qb.push(")");
-        }
-        (_, CompValue::Str(s), _) => {
-            push_text_cmp(
-                qb,
-                &text_expr,
-                def.case_exact,
-                if op == CompareOp::Ne {
-                    CompareOp::Eq
-                } else {
-                    op
-                },
-                s,
-            );
+            D::push_text_cmp(qb, source.expr(), def.case_exact, op, s);
+            None
         }
         _ => {
             return Err(ScimError::invalid_filter(format!(
@@ -402,6 +415,11 @@ fn push_scalar(
                 def.name
             )));
         }
+    };
+    if let Some(literal) = literal {
+        qb.push(format!("({} {op_sql} ", D::typed(source, def)));
+        D::push_literal(qb, literal);
+        qb.push(")");
     }
     if op == CompareOp::Ne {
         qb.push(") IS NOT TRUE)");
@@ -409,36 +427,8 @@ fn push_scalar(
     Ok(())
 }
 
-fn push_text_cmp(
-    qb: &mut QueryBuilder<Postgres>,
-    expr: &str,
-    case_exact: bool,
-    op: CompareOp,
-    s: &str,
-) {
-    // caseExact=false compares lower-cased; lower() leaves LIKE's escapes alone.
-    let (open, close) = if case_exact {
-        ("", "")
-    } else {
-        ("lower(", ")")
-    };
-    let (op_sql, bound) = match op {
-        CompareOp::Co => (" LIKE ", format!("%{}%", like_escape(s))),
-        CompareOp::Sw => (" LIKE ", format!("{}%", like_escape(s))),
-        CompareOp::Ew => (" LIKE ", format!("%{}", like_escape(s))),
-        CompareOp::Gt => (" > ", s.to_string()),
-        CompareOp::Ge => (" >= ", s.to_string()),
-        CompareOp::Lt => (" < ", s.to_string()),
-        CompareOp::Le => (" <= ", s.to_string()),
-        CompareOp::Eq | CompareOp::Ne => (" = ", s.to_string()),
-    };
-    qb.push(format!("({open}{expr}{close}{op_sql}{open}"));
-    qb.push_bind(bound);
-    qb.push(format!("{close})"));
-}
-
-/// The ORDER BY expression for `sortBy`.
-pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
+/// The ORDER BY expression of dialect `D` for `sortBy`: NULL when the user has no value.
+pub(crate) fn sort_expr_as<D: Dialect>(path: &AttrPath) -> Result<String, ScimError> {
     let attr = path.attr;
     let leaf = path.leaf();
     if attr.attr.multi_valued {
@@ -449,12 +439,11 @@ pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
             })?,
         };
         // RFC 7644 §3.4.2.3: a multi-valued attribute sorts by its primary value.
-        let v = typed_text(&format!("(e.v ->> {})", lit(elem.name)), elem);
+        let value = D::typed(&Source::Json(D::element(elem.name)), elem);
         return Ok(format!(
-            "(SELECT {v} FROM jsonb_array_elements(coalesce({} -> {}, '[]'::jsonb)) AS e(v) \
-             ORDER BY (e.v ->> 'primary') = 'true' DESC NULLS LAST LIMIT 1)",
-            container_expr(attr.container),
-            lit(attr.attr.name)
+            "(SELECT {value} FROM {} ORDER BY {} LIMIT 1)",
+            D::elements(attr),
+            D::PRIMARY_FIRST
         ));
     }
     if leaf.ty == AttrType::Complex {
@@ -463,21 +452,152 @@ pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
             path.display()
         )));
     }
-    let source = singular_source(attr, path.sub).map_err(|e| ScimError::invalid_value(e.detail))?;
-    Ok(match source {
-        Source::Column(sql, ColumnKind::Text) if !leaf.case_exact => format!("lower({sql})"),
-        Source::Column(sql, _) => sql.to_string(),
-        Source::Json { object, key } => typed_text(&format!("({object} ->> {})", lit(key)), leaf),
-    })
+    let source =
+        singular_source::<D>(attr, path.sub).map_err(|e| ScimError::invalid_value(e.detail))?;
+    Ok(D::typed(&source, leaf))
 }
 
-fn typed_text(text: &str, def: &AttrDef) -> String {
-    match def.ty {
-        AttrType::Integer | AttrType::Decimal => format!("({text})::numeric"),
-        AttrType::Boolean => format!("({text})::boolean"),
-        AttrType::DateTime => format!("({text})::timestamptz"),
-        _ if !def.case_exact => format!("lower({text})"),
-        _ => text.to_string(),
+/// Translates one filter into a boolean PostgreSQL expression appended to `qb`.
+pub fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &Filter) -> Result<(), ScimError> {
+    push_filter_as::<PgDialect>(qb, f)
+}
+
+/// The PostgreSQL ORDER BY expression for `sortBy`.
+pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
+    sort_expr_as::<PgDialect>(path)
+}
+
+/// PostgreSQL over the jsonb `u.resource`. A caseExact=false string compares lower()ed
+/// on both sides, the form the userName index is built on.
+struct PgDialect;
+
+/// The jsonb expression of an attribute's container.
+fn container_expr(c: Container) -> String {
+    match c {
+        Container::Core => "u.resource".into(),
+        Container::Extension(e) => format!("(u.resource -> {})", lit(e.id)),
+    }
+}
+
+/// Escape LIKE's wildcards so the client's text matches literally.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Dialect for PgDialect {
+    type Db = Postgres;
+
+    const USER_NAME: &'static str = "u.user_name";
+    const RESOURCE_TYPE: &'static str = "'User'::text";
+    const ID_TEXT: &'static str = "u.id::text";
+    const PRIMARY_FIRST: &'static str = "(e.v ->> 'primary') = 'true' DESC NULLS LAST";
+
+    fn attribute(attr: AttrRef, sub: Option<&AttrDef>) -> String {
+        let base = container_expr(attr.container);
+        match sub {
+            None => format!("({base} ->> {})", lit(attr.attr.name)),
+            Some(s) => format!("(({base} -> {}) ->> {})", lit(attr.attr.name), lit(s.name)),
+        }
+    }
+
+    fn element(name: &str) -> String {
+        format!("(e.v ->> {})", lit(name))
+    }
+
+    fn elements(attr: AttrRef) -> String {
+        format!(
+            "jsonb_array_elements(coalesce({} -> {}, '[]'::jsonb)) AS e(v)",
+            container_expr(attr.container),
+            lit(attr.attr.name)
+        )
+    }
+
+    fn has_key(attr: AttrRef) -> String {
+        format!(
+            "{} ? {}",
+            container_expr(attr.container),
+            lit(attr.attr.name)
+        )
+    }
+
+    fn typed(source: &Source, def: &AttrDef) -> String {
+        // Columns have their type already; `->>` gives text.
+        let text = match source {
+            Source::Column(sql, ColumnKind::Text) if !def.case_exact => {
+                return format!("lower({sql})");
+            }
+            Source::Column(sql, _) => return sql.to_string(),
+            Source::Json(text) => text,
+        };
+        match def.ty {
+            AttrType::Integer | AttrType::Decimal => format!("({text})::numeric"),
+            AttrType::Boolean => format!("({text})::boolean"),
+            AttrType::DateTime => format!("({text})::timestamptz"),
+            _ if !def.case_exact => format!("lower({text})"),
+            _ => text.clone(),
+        }
+    }
+
+    fn push_literal(qb: &mut QueryBuilder<Postgres>, value: Literal<'_>) {
+        match value {
+            Literal::Bool(b) => {
+                qb.push_bind(b);
+            }
+            // As text, so no precision is lost on the way to numeric.
+            Literal::Num(n) => {
+                qb.push_bind(n.to_string());
+                qb.push("::numeric");
+            }
+            Literal::Time(t) => {
+                qb.push_bind(t);
+            }
+        }
+    }
+
+    fn push_id(qb: &mut QueryBuilder<Postgres>, id: Uuid) {
+        qb.push_bind(id);
+    }
+
+    fn push_text_cmp(
+        qb: &mut QueryBuilder<Postgres>,
+        expr: &str,
+        case_exact: bool,
+        op: CompareOp,
+        s: &str,
+    ) {
+        // caseExact=false compares lower-cased; lower() leaves LIKE's escapes alone.
+        let (open, close) = if case_exact {
+            ("", "")
+        } else {
+            ("lower(", ")")
+        };
+        let (op_sql, bound) = match op {
+            CompareOp::Co => (" LIKE ", format!("%{}%", like_escape(s))),
+            CompareOp::Sw => (" LIKE ", format!("{}%", like_escape(s))),
+            CompareOp::Ew => (" LIKE ", format!("%{}", like_escape(s))),
+            CompareOp::Gt => (" > ", s.to_string()),
+            CompareOp::Ge => (" >= ", s.to_string()),
+            CompareOp::Lt => (" < ", s.to_string()),
+            CompareOp::Le => (" <= ", s.to_string()),
+            CompareOp::Eq | CompareOp::Ne => (" = ", s.to_string()),
+        };
+        qb.push(format!("({open}{expr}{close}{op_sql}{open}"));
+        qb.push_bind(bound);
+        qb.push(format!("{close})"));
+    }
+
+    /// The GIN index on `scim_email_values(resource)` answers e-mail equality.
+    fn push_email_key(qb: &mut QueryBuilder<Postgres>, value: &str) {
+        qb.push("scim_email_values(u.resource) @> ARRAY[lower(");
+        qb.push_bind(value.to_string());
+        qb.push(")]");
     }
 }
 

@@ -1,5 +1,6 @@
-//! SCIM filters and sort keys as SQLite SQL over the `users` table (alias `u`): the same
-//! answers [`crate::store::filter_sql`] gives on PostgreSQL for the same data.
+//! SCIM filters and sort keys as SQLite SQL over the `users` table (alias `u`): the
+//! SQLite dialect of the filter walker in [`crate::store::filter_sql`], so the same
+//! answers PostgreSQL gives for the same data.
 //!
 //! SQLite's lower() and LIKE fold ASCII letters only, so no case folding happens in SQL.
 //! The store keeps a comparison copy of every resource in `u.search`
@@ -17,8 +18,9 @@ use uuid::Uuid;
 
 use super::users::format_micros;
 use crate::scim::ScimError;
-use crate::scim::filter::{AttrPath, CompValue, CompareOp, Filter};
+use crate::scim::filter::{AttrPath, CompareOp, Filter};
 use crate::scim::schema::{self, AttrDef, AttrRef, AttrType, Container};
+use crate::store::filter_sql::{Dialect, Literal, Source, lit, push_filter_as, sort_expr_as};
 
 /// Lower-case as PostgreSQL's lower() does under a UTF-8 libc locale: character by
 /// character, each to its simple lower-case mapping ("ÅNGSTRÖM" -> "ångström", "ẞ" ->
@@ -93,26 +95,18 @@ fn fold_single(def: &'static AttrDef, v: &Value) -> Value {
     }
 }
 
-/// Where a scalar lives in SQL.
-enum Source {
-    /// A real column (or an expression over columns), with the type it has.
-    Column(&'static str, ColumnKind),
-    /// `json_extract(<doc>, '<path>')`: in the comparison document `u.search`, or in the
-    /// element `e.value` of a multi-valued attribute being searched.
-    Json { doc: &'static str, path: String },
+/// Translates one filter into a boolean SQLite expression appended to `qb`.
+pub fn push_filter(qb: &mut QueryBuilder<Sqlite>, f: &Filter) -> Result<(), ScimError> {
+    push_filter_as::<SqliteDialect>(qb, f)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ColumnKind {
-    Text,
-    Bool,
-    Time,
-    Uuid,
+/// The SQLite ORDER BY expression for `sortBy`: NULL when the user has no value.
+pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
+    sort_expr_as::<SqliteDialect>(path)
 }
 
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+/// SQLite over the comparison document `u.search`, with JSON paths.
+struct SqliteDialect;
 
 /// The JSON path of an attribute's container.
 fn container_path(c: Container) -> String {
@@ -132,373 +126,102 @@ fn attr_path(attr: AttrRef) -> String {
     member(&container_path(attr.container), attr.attr.name)
 }
 
-/// Where a singular top-level attribute (or a singular complex attribute's
-/// sub-attribute) lives.
-fn singular_source(attr: AttrRef, sub: Option<&'static AttrDef>) -> Result<Source, ScimError> {
-    if attr.container == Container::Core {
-        match (attr.attr.name, sub.map(|s| s.name)) {
-            ("id", None) => return Ok(Source::Column("u.id", ColumnKind::Uuid)),
-            // userName is caseExact=false: its column for comparisons is the folded one.
-            ("userName", None) => {
-                return Ok(Source::Column("u.user_name_key", ColumnKind::Text));
-            }
-            ("externalId", None) => return Ok(Source::Column("u.external_id", ColumnKind::Text)),
-            ("active", None) => return Ok(Source::Column("u.active", ColumnKind::Bool)),
-            ("meta", Some("created")) => return Ok(Source::Column("u.created", ColumnKind::Time)),
-            ("meta", Some("lastModified")) => {
-                return Ok(Source::Column("u.last_modified", ColumnKind::Time));
-            }
-            ("meta", Some("version")) => {
-                return Ok(Source::Column(
-                    "('W/\"' || u.version || '\"')",
-                    ColumnKind::Text,
-                ));
-            }
-            ("meta", Some("resourceType")) => {
-                return Ok(Source::Column("'User'", ColumnKind::Text));
-            }
-            ("meta", _) => {
-                return Err(ScimError::invalid_filter(
-                    "meta.location cannot be used in a filter or sort",
-                ));
-            }
-            _ => {}
-        }
-    }
-    let path = attr_path(attr);
-    Ok(Source::Json {
-        doc: "u.search",
-        path: match sub {
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+
+    // userName is caseExact=false: its column for comparisons is the folded one.
+    const USER_NAME: &'static str = "u.user_name_key";
+    const RESOURCE_TYPE: &'static str = "'User'";
+    const ID_TEXT: &'static str = "u.id";
+    // With none marked primary, the first element; before those marked not primary:
+    // PostgreSQL's order, true, false, then unset.
+    const PRIMARY_FIRST: &'static str = "CASE json_type(e.value, '$.primary') WHEN 'true' THEN 0 \
+         WHEN 'false' THEN 1 END NULLS LAST, e.key";
+
+    fn attribute(attr: AttrRef, sub: Option<&AttrDef>) -> String {
+        let path = attr_path(attr);
+        let path = match sub {
             None => path,
             Some(s) => member(&path, s.name),
-        },
-    })
-}
+        };
+        format!("json_extract(u.search, {})", lit(&path))
+    }
 
-/// Translates one filter into a boolean SQL expression appended to `qb`.
-pub fn push_filter(qb: &mut QueryBuilder<Sqlite>, f: &Filter) -> Result<(), ScimError> {
-    match f {
-        Filter::And(a, b) | Filter::Or(a, b) => {
-            qb.push("(");
-            push_filter(qb, a)?;
-            qb.push(if matches!(f, Filter::And(..)) {
-                " AND "
-            } else {
-                " OR "
-            });
-            push_filter(qb, b)?;
-            qb.push(")");
-        }
-        Filter::Not(a) => {
-            // NULL (an absent attribute) is "no match"; IS NOT TRUE keeps it so under NOT.
-            qb.push("((");
-            push_filter(qb, a)?;
-            qb.push(") IS NOT TRUE)");
-        }
-        Filter::Present(path) => push_top(qb, path, None)?,
-        Filter::Compare(path, op, v) => push_top(qb, path, Some((*op, v)))?,
-        Filter::ValuePath(attr, inner) => {
-            qb.push("(");
-            push_email_prefilter(qb, *attr, inner);
-            qb.push(format!(
-                "EXISTS (SELECT 1 FROM json_each(u.search, {}) AS e WHERE ",
-                lit(&attr_path(*attr))
-            ));
-            push_element(qb, inner)?;
-            qb.push("))");
+    fn element(name: &str) -> String {
+        format!("json_extract(e.value, {})", lit(&member("$", name)))
+    }
+
+    fn elements(attr: AttrRef) -> String {
+        format!("json_each(u.search, {}) AS e", lit(&attr_path(attr)))
+    }
+
+    fn has_key(attr: AttrRef) -> String {
+        // PostgreSQL's `?`: json_type is NULL only for a missing key.
+        format!("json_type(u.search, {}) IS NOT NULL", lit(&attr_path(attr)))
+    }
+
+    /// The search document and `u.user_name_key` are folded already, and json_extract
+    /// gives numbers, booleans (as 1 and 0) and dateTimes (in the users' time format) as
+    /// they compare.
+    fn typed(source: &Source, _def: &AttrDef) -> String {
+        match source {
+            Source::Column(sql, _) => sql.to_string(),
+            Source::Json(expr) => expr.clone(),
         }
     }
-    Ok(())
-}
 
-/// `user_emails` (the folded e-mail values of live users) answers e-mail equality from
-/// its index; the exact test still follows, so this only narrows the rows SQLite looks
-/// at, like the GIN index on PostgreSQL.
-fn push_email_key(qb: &mut QueryBuilder<Sqlite>, value: &str) {
-    qb.push("u.id IN (SELECT user_id FROM user_emails WHERE value_key = ");
-    qb.push_bind(fold_case(value));
-    qb.push(")");
-}
-
-/// The e-mail equalities that must all hold inside a value path, each as a prefilter.
-fn push_email_prefilter(qb: &mut QueryBuilder<Sqlite>, attr: AttrRef, inner: &Filter) {
-    fn eq_values<'f>(f: &'f Filter, out: &mut Vec<&'f str>) {
-        match f {
-            Filter::And(a, b) => {
-                eq_values(a, out);
-                eq_values(b, out);
+    fn push_literal(qb: &mut QueryBuilder<Sqlite>, value: Literal<'_>) {
+        match value {
+            // JSON true and false come out of json_extract as 1 and 0, as sqlx binds a bool.
+            Literal::Bool(b) => {
+                qb.push_bind(b);
             }
-            Filter::Compare(p, CompareOp::Eq, CompValue::Str(s))
-                if p.sub.is_some_and(|s| s.name == "value") =>
-            {
-                out.push(s)
+            Literal::Num(n) => {
+                match n.as_i64() {
+                    Some(i) => qb.push_bind(i),
+                    // Beyond i64 SQLite holds numbers as doubles, its JSON ones included.
+                    None => qb.push_bind(n.as_f64().unwrap_or(f64::NAN)),
+                };
             }
-            _ => {}
-        }
-    }
-    if attr.container != Container::Core || attr.attr.name != "emails" {
-        return;
-    }
-    let mut values = Vec::new();
-    eq_values(inner, &mut values);
-    for v in values {
-        push_email_key(qb, v);
-        qb.push(" AND ");
-    }
-}
-
-/// A comparison (or presence test when `cmp` is `None`) on a top-level path.
-fn push_top(
-    qb: &mut QueryBuilder<Sqlite>,
-    path: &AttrPath,
-    cmp: Option<(CompareOp, &CompValue)>,
-) -> Result<(), ScimError> {
-    let attr = path.attr;
-    if !attr.attr.multi_valued {
-        let source = singular_source(attr, path.sub)?;
-        return push_scalar(qb, &source, path.leaf(), cmp);
-    }
-    // Multi-valued: `emails pr`, or a test on some element (`emails.value`, or `emails`
-    // meaning its `value`).
-    let elem_attr = match (path.sub, attr.attr.ty) {
-        (Some(s), _) => Some(s),
-        (None, AttrType::Complex) => attr.attr.sub_attr("value"),
-        (None, _) => None,
-    };
-    if cmp.is_none() && path.sub.is_none() {
-        // The key is there, whatever it holds (PostgreSQL's `?`).
-        qb.push(format!(
-            "(json_type(u.search, {}) IS NOT NULL)",
-            lit(&attr_path(attr))
-        ));
-        return Ok(());
-    }
-    let Some(elem_attr) = elem_attr else {
-        return Err(ScimError::invalid_filter(format!(
-            "'{}' cannot be compared",
-            path.display()
-        )));
-    };
-    // `ne` on a multi-valued attribute: no element equals the value.
-    let (negate, cmp) = match cmp {
-        Some((CompareOp::Ne, v)) if !matches!(v, CompValue::Null) => {
-            (true, Some((CompareOp::Eq, v)))
-        }
-        other => (false, other),
-    };
-    if let Some((CompareOp::Eq, CompValue::Str(s))) = cmp
-        && !negate
-        && attr.container == Container::Core
-        && attr.attr.name == "emails"
-        && elem_attr.name == "value"
-    {
-        qb.push("(");
-        push_email_key(qb, s);
-        qb.push(" AND ");
-        push_exists(qb, attr, elem_attr, cmp)?;
-        qb.push(")");
-        return Ok(());
-    }
-    if negate {
-        qb.push("(NOT ");
-    }
-    // EXISTS is never NULL, so a plain NOT is right here.
-    push_exists(qb, attr, elem_attr, cmp)?;
-    if negate {
-        qb.push(")");
-    }
-    Ok(())
-}
-
-fn push_exists(
-    qb: &mut QueryBuilder<Sqlite>,
-    attr: AttrRef,
-    elem_attr: &'static AttrDef,
-    cmp: Option<(CompareOp, &CompValue)>,
-) -> Result<(), ScimError> {
-    qb.push(format!(
-        "EXISTS (SELECT 1 FROM json_each(u.search, {}) AS e WHERE ",
-        lit(&attr_path(attr))
-    ));
-    let source = Source::Json {
-        doc: "e.value",
-        path: member("$", elem_attr.name),
-    };
-    push_scalar(qb, &source, elem_attr, cmp)?;
-    qb.push(")");
-    Ok(())
-}
-
-/// The inner filter of a value path, over the element `e.value`.
-fn push_element(qb: &mut QueryBuilder<Sqlite>, f: &Filter) -> Result<(), ScimError> {
-    match f {
-        Filter::And(a, b) | Filter::Or(a, b) => {
-            qb.push("(");
-            push_element(qb, a)?;
-            qb.push(if matches!(f, Filter::And(..)) {
-                " AND "
-            } else {
-                " OR "
-            });
-            push_element(qb, b)?;
-            qb.push(")");
-        }
-        Filter::Not(a) => {
-            qb.push("((");
-            push_element(qb, a)?;
-            qb.push(") IS NOT TRUE)");
-        }
-        Filter::Present(p) | Filter::Compare(p, ..) => {
-            let Some(sub) = p.sub else {
-                return Err(ScimError::invalid_filter(
-                    "a value filter must name sub-attributes",
-                ));
-            };
-            let source = Source::Json {
-                doc: "e.value",
-                path: member("$", sub.name),
-            };
-            let cmp = match f {
-                Filter::Compare(_, op, v) => Some((*op, v)),
-                _ => None,
-            };
-            push_scalar(qb, &source, sub, cmp)?;
-        }
-        Filter::ValuePath(..) => {
-            return Err(ScimError::invalid_filter("value filters cannot be nested"));
-        }
-    }
-    Ok(())
-}
-
-/// A presence test or comparison on one scalar. A comparison with an absent value is
-/// NULL, which WHERE treats as no match; `not` and `ne` use `IS NOT TRUE` so that it
-/// stays two-valued. Presence tests are never NULL.
-fn push_scalar(
-    qb: &mut QueryBuilder<Sqlite>,
-    source: &Source,
-    def: &'static AttrDef,
-    cmp: Option<(CompareOp, &CompValue)>,
-) -> Result<(), ScimError> {
-    let (expr, kind) = match source {
-        Source::Column(sql, kind) => (sql.to_string(), Some(*kind)),
-        Source::Json { doc, path } => (format!("json_extract({doc}, {})", lit(path)), None),
-    };
-    // As PostgreSQL's `->>` sees it: present is neither missing, nor JSON null, nor "".
-    // (A JSON false or 0 comes out of json_extract as the integer 0, which is not ''.)
-    let present = match source {
-        Source::Column(sql, ColumnKind::Text) => format!("coalesce({sql}, '') <> ''"),
-        Source::Column(sql, _) => format!("{sql} IS NOT NULL"),
-        Source::Json { .. } if def.ty == AttrType::Complex || def.multi_valued => {
-            format!("{expr} IS NOT NULL")
-        }
-        Source::Json { .. } => format!("coalesce({expr}, '') <> ''"),
-    };
-    let Some((op, value)) = cmp else {
-        qb.push(format!("({present})"));
-        return Ok(());
-    };
-    match value {
-        CompValue::Null => {
-            // `eq null`: not present; `ne null`: present.
-            if op == CompareOp::Eq {
-                qb.push(format!("(NOT ({present}))"));
-            } else {
-                qb.push(format!("({present})"));
-            }
-            return Ok(());
-        }
-        CompValue::Str(s) if kind == Some(ColumnKind::Uuid) => {
-            // Ids are stored as lower-case hyphenated UUIDs, as PostgreSQL prints them;
-            // a value that is no UUID equals none.
-            match (op, Uuid::parse_str(s)) {
-                (CompareOp::Eq, Ok(id)) => {
-                    qb.push("(u.id = ");
-                    qb.push_bind(id.to_string());
-                    qb.push(")");
-                }
-                (CompareOp::Eq, Err(_)) => {
-                    qb.push("FALSE");
-                }
-                (CompareOp::Ne, Ok(id)) => {
-                    qb.push("(u.id <> ");
-                    qb.push_bind(id.to_string());
-                    qb.push(")");
-                }
-                (CompareOp::Ne, Err(_)) => {
-                    qb.push("TRUE");
-                }
-                _ => push_text_cmp(qb, "u.id", true, op, s),
-            }
-            return Ok(());
-        }
-        _ => {}
-    }
-    let op_sql = match op {
-        CompareOp::Eq => "=",
-        CompareOp::Ne => "=", // negated below
-        CompareOp::Gt => ">",
-        CompareOp::Ge => ">=",
-        CompareOp::Lt => "<",
-        CompareOp::Le => "<=",
-        CompareOp::Co | CompareOp::Sw | CompareOp::Ew => "",
-    };
-    if op == CompareOp::Ne {
-        qb.push("((");
-    }
-    match (def.ty, value) {
-        // JSON true and false come out of json_extract as 1 and 0, as sqlx binds a bool.
-        (AttrType::Boolean, CompValue::Bool(b)) => {
-            qb.push(format!("({expr} {op_sql} "));
-            qb.push_bind(*b);
-            qb.push(")");
-        }
-        (AttrType::Integer | AttrType::Decimal, CompValue::Num(n)) => {
-            qb.push(format!("({expr} {op_sql} "));
-            match n.as_i64() {
-                Some(i) => qb.push_bind(i),
-                // Beyond i64 SQLite holds numbers as doubles, its JSON ones included.
-                None => qb.push_bind(n.as_f64().unwrap_or(f64::NAN)),
-            };
-            qb.push(")");
-        }
-        (AttrType::DateTime, CompValue::Str(s)) => {
-            let t = chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|_| ScimError::invalid_filter("expected an RFC 3339 date-time"))?
-                .with_timezone(&Utc);
             // Stored times have microseconds, as PostgreSQL's timestamptz does, and the
             // literal is cut to microseconds as sqlx binds it there.
-            qb.push(format!("({expr} {op_sql} "));
-            qb.push_bind(format_micros(t));
+            Literal::Time(t) => {
+                qb.push_bind(format_micros(t));
+            }
+        }
+    }
+
+    /// Ids are stored as lower-case hyphenated UUIDs, as PostgreSQL prints them.
+    fn push_id(qb: &mut QueryBuilder<Sqlite>, id: Uuid) {
+        qb.push_bind(id.to_string());
+    }
+
+    fn push_text_cmp(
+        qb: &mut QueryBuilder<Sqlite>,
+        expr: &str,
+        case_exact: bool,
+        op: CompareOp,
+        s: &str,
+    ) {
+        // A userName prefix is also a key range, which the index answers.
+        let key_prefix = op == CompareOp::Sw && expr == Self::USER_NAME && !s.is_empty();
+        if key_prefix {
+            qb.push("(");
+            push_key_prefix_range(qb, &fold_case(s));
+        }
+        push_text_test(qb, expr, case_exact, op, s);
+        if key_prefix {
             qb.push(")");
         }
-        (_, CompValue::Str(s)) => {
-            let op = if op == CompareOp::Ne {
-                CompareOp::Eq
-            } else {
-                op
-            };
-            let key_prefix = op == CompareOp::Sw && expr == "u.user_name_key" && !s.is_empty();
-            if key_prefix {
-                qb.push("(");
-                push_key_prefix_range(qb, &fold_case(s));
-            }
-            push_text_cmp(qb, &expr, def.case_exact, op, s);
-            if key_prefix {
-                qb.push(")");
-            }
-        }
-        _ => {
-            return Err(ScimError::invalid_filter(format!(
-                "'{}' cannot be compared with that value",
-                def.name
-            )));
-        }
     }
-    if op == CompareOp::Ne {
-        qb.push(") IS NOT TRUE)");
+
+    /// `user_emails` (the folded e-mail values of live users) answers e-mail equality
+    /// from its index, like the GIN index on PostgreSQL.
+    fn push_email_key(qb: &mut QueryBuilder<Sqlite>, value: &str) {
+        qb.push("u.id IN (SELECT user_id FROM user_emails WHERE value_key = ");
+        qb.push_bind(fold_case(value));
+        qb.push(")");
     }
-    Ok(())
 }
 
 /// `userName sw "..."` also as a range of `user_name_key`, so the unique index answers
@@ -534,7 +257,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 /// A text comparison. The expression is folded already when the attribute is
 /// caseExact=false; the literal is folded here. Binary comparison, with instr/substr
 /// rather than LIKE, which would also fold ASCII for caseExact attributes.
-fn push_text_cmp(
+fn push_text_test(
     qb: &mut QueryBuilder<Sqlite>,
     expr: &str,
     case_exact: bool,
@@ -586,41 +309,6 @@ fn push_text_cmp(
             qb.push(")");
         }
     }
-}
-
-/// The ORDER BY expression for `sortBy`: NULL when the user has no value.
-pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
-    let attr = path.attr;
-    let leaf = path.leaf();
-    if attr.attr.multi_valued {
-        let elem = match path.sub {
-            Some(s) => s,
-            None => attr.attr.sub_attr("value").ok_or_else(|| {
-                ScimError::invalid_value(format!("cannot sort by '{}'", path.display()))
-            })?,
-        };
-        // RFC 7644 §3.4.2.3: a multi-valued attribute sorts by its primary value; with
-        // none marked primary, by the first one (before those marked not primary:
-        // PostgreSQL's order, true, false, then unset).
-        return Ok(format!(
-            "(SELECT json_extract(e.value, {}) FROM json_each(u.search, {}) AS e \
-             ORDER BY CASE json_type(e.value, '$.primary') WHEN 'true' THEN 0 \
-             WHEN 'false' THEN 1 END NULLS LAST, e.key LIMIT 1)",
-            lit(&member("$", elem.name)),
-            lit(&attr_path(attr))
-        ));
-    }
-    if leaf.ty == AttrType::Complex {
-        return Err(ScimError::invalid_value(format!(
-            "cannot sort by the complex attribute '{}'",
-            path.display()
-        )));
-    }
-    let source = singular_source(attr, path.sub).map_err(|e| ScimError::invalid_value(e.detail))?;
-    Ok(match source {
-        Source::Column(sql, _) => sql.to_string(),
-        Source::Json { doc, path } => format!("json_extract({doc}, {})", lit(&path)),
-    })
 }
 
 #[cfg(test)]
