@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# SCIM compliance check: runs the service against a scratch database and points the
-# scim2-tester suite (PyPI, through scim2-cli) at it. Fails on any reported error.
-# Needs: Postgres reachable at $DATABASE_URL's server, python3, a built binary.
+# SCIM compliance check: runs the service on a scratch embedded store (an SQLite file)
+# and points the scim2-tester suite (PyPI, through scim2-cli) at it. Fails on any
+# reported error. Needs: python3, curl, a built binary; no database server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ADMIN_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-DB=ameyo_scim_compliance_$$
 BIN=${AMEYO_SCIM_BIN:-target/debug/ameyo-scim}
 VENV=${SCIM2_VENV:-.venv}
 TOKEN="compliance-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -14,7 +12,6 @@ WORK=$(mktemp -d)
 
 cleanup() {
     [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -26,8 +23,7 @@ if [ ! -x "$VENV/bin/scim2" ]; then
 fi
 [ -x "$BIN" ] || cargo build --quiet
 
-psql "$ADMIN_URL" -qc "CREATE DATABASE $DB" >/dev/null
-DB_URL="${ADMIN_URL%/*}/$DB"
+DB_URL="sqlite://$WORK/compliance.db"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 DIGEST=$(printf '%s' "$TOKEN" | "$BIN" hash-token)
 

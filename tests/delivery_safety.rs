@@ -14,10 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ameyo_emulator::{Emulator, EmulatorOptions};
-use ameyo_scim::config::{Settings, UserIdTransform};
-use ameyo_scim::store::outbox::{Outbox, PgOutbox};
-use ameyo_scim::store::password::PasswordCipher;
-use ameyo_scim::sync::Worker;
+use ameyo_scim::config::UserIdTransform;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -25,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -50,23 +46,14 @@ async fn create(s: &SyncApp, token: &str, body: Value) -> String {
 /// A user's outbox row: tenant, state, last error and linked Ameyo userId; `None` once
 /// the row is gone (a delivered tombstone).
 async fn row(s: &SyncApp, id: &str) -> Option<(String, String, Option<String>, Option<String>)> {
-    sqlx::query_as(
-        "SELECT tenant_id, state, last_error, ameyo_user_id FROM sync_state \
-         WHERE user_id = $1::uuid",
-    )
-    .bind(id)
-    .fetch_optional(&s.app.pool)
-    .await
-    .expect("sync row")
+    s.row(id)
+        .await
+        .map(|r| (r.tenant_id, r.state, r.last_error, r.ameyo_user_id))
 }
 
 /// Whether the users table still holds this user (live or as a tombstone).
 async fn user_row_exists(s: &SyncApp, id: &str) -> bool {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1::uuid)")
-        .bind(id)
-        .fetch_one(&s.app.pool)
-        .await
-        .expect("users row")
+    s.app.db.user_row_exists(id).await
 }
 
 /// Calls that change Ameyo users (create, update, delete, end sessions).
@@ -80,31 +67,12 @@ fn writes(s: &SyncApp) -> Vec<ameyo_emulator::RecordedRequest> {
         .collect()
 }
 
-/// The app and a worker built from `settings` (already pointing where the test wants),
-/// with `emulator` as the Ameyo behind them.
-async fn app_over(
-    pool: PgPool,
-    emulator: Emulator,
-    addr: SocketAddr,
-    settings: Settings,
-) -> SyncApp {
-    ameyo_scim::telemetry::metrics::install();
-    let key = settings.password_key().expect("key");
-    let worker = Worker::new(&settings, pool.clone(), PasswordCipher::new(&key)).expect("worker");
-    SyncApp {
-        app: app_with(pool, settings).await,
-        worker: Arc::new(worker),
-        emulator,
-        emulator_addr: addr,
-    }
-}
-
 // --- 1. One Ameyo account, one SCIM user ---------------------------------------------
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn colliding_users_delivered_at_once_never_share_an_account(pool: PgPool) {
+both_backends!(colliding_users_delivered_at_once_never_share_an_account);
+async fn colliding_users_delivered_at_once_never_share_an_account(db: TestDb) {
     const PAIRS: usize = 20;
-    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         st.sync.concurrency = 2 * PAIRS;
         st.tenants[0].ameyo.mapping.user_id_transforms = vec![UserIdTransform::EmailLocalPart];
     })
@@ -158,19 +126,21 @@ async fn colliding_users_delivered_at_once_never_share_an_account(pool: PgPool) 
             "pair {i}"
         );
     }
-    let shared: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM sync_state WHERE ameyo_user_id IS NOT NULL \
-         GROUP BY lower(ameyo_user_id) HAVING count(*) > 1) AS d",
-    )
-    .fetch_one(&s.app.pool)
-    .await
-    .expect("count");
+    let shared = s
+        .app
+        .db
+        .int(
+            "SELECT count(*) FROM (SELECT 1 FROM sync_state WHERE ameyo_user_id IS NOT NULL \
+             GROUP BY lower(ameyo_user_id) HAVING count(*) > 1) AS d",
+            &[],
+        )
+        .await;
     assert_eq!(shared, 0, "no two rows are linked to one Ameyo userId");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn tenants_on_one_ameyo_server_never_share_an_account(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(tenants_on_one_ameyo_server_never_share_an_account);
+async fn tenants_on_one_ameyo_server_never_share_an_account(db: TestDb) {
+    let s = sync_app(&db).await;
     let a = create(&s, TOKEN_A, user("shared@x.example")).await;
     let b = create(&s, TOKEN_B, user("shared@x.example")).await;
     s.drain(LIMIT).await;
@@ -306,7 +276,7 @@ async fn relay(State(st): State<ProxyState>, req: Request) -> Response {
 
 /// Tenant `a` reaches the emulator through a [`Proxy`]. Retries start at 200 ms, so one
 /// `run_until_idle` is about one attempt, far from the attempt limit.
-async fn proxied(pool: PgPool) -> (SyncApp, Proxy) {
+async fn proxied(db: &TestDb) -> (SyncApp, Proxy) {
     let (emulator, addr) = Emulator::spawn(EmulatorOptions::default())
         .await
         .expect("emulator");
@@ -314,7 +284,7 @@ async fn proxied(pool: PgPool) -> (SyncApp, Proxy) {
     let mut settings = sync_settings(&format!("http://{addr}"));
     settings.tenants[0].ameyo.base_url = proxy.url.clone();
     settings.sync.retry_base_ms = 200;
-    (app_over(pool, emulator, addr, settings).await, proxy)
+    (sync_app_on(db, emulator, addr, settings).await, proxy)
 }
 
 /// A delivered user of tenant `a`, then deleted in SCIM; returns its id.
@@ -354,9 +324,9 @@ async fn removed_after_recovery(s: &SyncApp, proxy: &Proxy, id: &str, user_name:
     assert!(!user_row_exists(s, id).await, "the tombstone is gone");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_proxy_404_page_on_delete_keeps_the_tombstone(pool: PgPool) {
-    let (s, proxy) = proxied(pool).await;
+both_backends!(a_proxy_404_page_on_delete_keeps_the_tombstone);
+async fn a_proxy_404_page_on_delete_keeps_the_tombstone(db: TestDb) {
+    let (s, proxy) = proxied(&db).await;
     let id = delivered_then_deleted(&s, "behind.nginx@example.com").await;
     proxy.answer(Method::DELETE, "user/users/", 404, NGINX_404);
     tombstone_kept(
@@ -369,9 +339,9 @@ async fn a_proxy_404_page_on_delete_keeps_the_tombstone(pool: PgPool) {
     removed_after_recovery(&s, &proxy, &id, "behind.nginx@example.com").await;
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_512_with_another_not_found_key_on_delete_keeps_the_tombstone(pool: PgPool) {
-    let (s, proxy) = proxied(pool).await;
+both_backends!(a_512_with_another_not_found_key_on_delete_keeps_the_tombstone);
+async fn a_512_with_another_not_found_key_on_delete_keeps_the_tombstone(db: TestDb) {
+    let (s, proxy) = proxied(&db).await;
     let id = delivered_then_deleted(&s, "odd.answer@example.com").await;
     proxy.answer(
         Method::DELETE,
@@ -389,11 +359,9 @@ async fn a_512_with_another_not_found_key_on_delete_keeps_the_tombstone(pool: Pg
     removed_after_recovery(&s, &proxy, &id, "odd.answer@example.com").await;
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn user_not_found_on_delete_while_ameyo_still_lists_the_user_keeps_the_tombstone(
-    pool: PgPool,
-) {
-    let (s, proxy) = proxied(pool).await;
+both_backends!(user_not_found_on_delete_while_ameyo_still_lists_the_user_keeps_the_tombstone);
+async fn user_not_found_on_delete_while_ameyo_still_lists_the_user_keeps_the_tombstone(db: TestDb) {
+    let (s, proxy) = proxied(&db).await;
     let id = delivered_then_deleted(&s, "liar@example.com").await;
     proxy.answer(
         Method::DELETE,
@@ -410,9 +378,9 @@ async fn user_not_found_on_delete_while_ameyo_still_lists_the_user_keeps_the_tom
     removed_after_recovery(&s, &proxy, &id, "liar@example.com").await;
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_proxy_404_page_on_the_lock_does_not_count_as_locked(pool: PgPool) {
-    let (s, proxy) = proxied(pool).await;
+both_backends!(a_proxy_404_page_on_the_lock_does_not_count_as_locked);
+async fn a_proxy_404_page_on_the_lock_does_not_count_as_locked(db: TestDb) {
+    let (s, proxy) = proxied(&db).await;
     let name = "lockme@example.com";
     let id = create(&s, TOKEN_A, user(name)).await;
     s.drain(LIMIT).await;
@@ -440,12 +408,7 @@ async fn a_proxy_404_page_on_the_lock_does_not_count_as_locked(pool: PgPool) {
         error.contains("Ameyo answered 404 without user.not.found"),
         "{error}"
     );
-    let locked: bool =
-        sqlx::query_scalar("SELECT ameyo_locked FROM sync_state WHERE user_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&s.app.pool)
-            .await
-            .expect("locked flag");
+    let locked = s.row(&id).await.expect("row").ameyo_locked;
     assert!(!locked, "not recorded as locked");
     assert_eq!(
         s.ameyo_user(name).expect("user")["mappingUserId"],
@@ -471,10 +434,10 @@ async fn a_proxy_404_page_on_the_lock_does_not_count_as_locked(pool: PgPool) {
 
 // --- 3. Never adopt an account the bridge does not own -------------------------------
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn the_login_user_is_never_provisioned(pool: PgPool) {
+both_backends!(the_login_user_is_never_provisioned);
+async fn the_login_user_is_never_provisioned(db: TestDb) {
     // Even where taking over existing accounts is allowed and Ameyo has the account.
-    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         st.tenants[0].ameyo.adopt_existing = true;
     })
     .await;
@@ -500,9 +463,9 @@ async fn the_login_user_is_never_provisioned(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn an_administrator_is_created_only_where_the_tenant_allows_it(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
+both_backends!(an_administrator_is_created_only_where_the_tenant_allows_it);
+async fn an_administrator_is_created_only_where_the_tenant_allows_it(db: TestDb) {
+    let s = sync_app(&db).await;
     let boss = json!({
         "schemas": [USER_SCHEMA, AMEYO],
         "userName": "boss@example.com",
@@ -517,7 +480,7 @@ async fn an_administrator_is_created_only_where_the_tenant_allows_it(pool: PgPoo
     assert!(s.emulator.users().is_empty(), "nothing created");
 
     // The operator allows administrators for this tenant and re-arms the user.
-    let allowing = sync_app_with(pool.clone(), EmulatorOptions::default(), |st| {
+    let allowing = sync_app_with(&db, EmulatorOptions::default(), |st| {
         st.tenants[0]
             .ameyo
             .allowed_user_types
@@ -525,7 +488,10 @@ async fn an_administrator_is_created_only_where_the_tenant_allows_it(pool: PgPoo
     })
     .await;
     let uuid = id.parse().expect("uuid");
-    let rearmed = PgOutbox::new(pool)
+    let rearmed = allowing
+        .app
+        .backend
+        .outbox
         .rearm_dead(Some(uuid), None)
         .await
         .expect("rearm");
@@ -536,9 +502,9 @@ async fn an_administrator_is_created_only_where_the_tenant_allows_it(pool: PgPoo
     assert_eq!(u["userType"], json!("Administrator"), "{u}");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_contact_center_outside_the_tenants_bounds_is_refused(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(a_contact_center_outside_the_tenants_bounds_is_refused);
+async fn a_contact_center_outside_the_tenants_bounds_is_refused(db: TestDb) {
+    let s = sync_app(&db).await;
     let elsewhere = json!({
         "schemas": [USER_SCHEMA, AMEYO],
         "userName": "roamer@example.com",
@@ -567,9 +533,9 @@ fn logins(outcome: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_refused_static_session_keeps_users_pending(pool: PgPool) {
-    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+both_backends!(a_refused_static_session_keeps_users_pending);
+async fn a_refused_static_session_keeps_users_pending(db: TestDb) {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         let a = &mut st.tenants[0].ameyo;
         a.session_id = Some(SecretString::from("stale"));
         a.login_user = None;
@@ -586,10 +552,11 @@ async fn a_refused_static_session_keeps_users_pending(pool: PgPool) {
     let started = std::time::Instant::now();
     loop {
         s.worker.run_until_idle().await.expect("deliveries");
-        let tried: i32 = sqlx::query_scalar("SELECT min(attempts) FROM sync_state")
-            .fetch_one(&s.app.pool)
-            .await
-            .expect("attempts");
+        let tried = s
+            .app
+            .db
+            .int("SELECT CAST(min(attempts) AS BIGINT) FROM sync_state", &[])
+            .await;
         if tried >= 3 {
             break;
         }

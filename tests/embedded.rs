@@ -1,6 +1,8 @@
 //! The embedded store as a newcomer meets it: `serve --dev` exactly as the README says,
 //! one process per SQLite file, and `migrate-store` to PostgreSQL.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -220,7 +222,8 @@ mod migrate {
     use ameyo_scim::store::backend::{Access, Backend};
     use ameyo_scim::sync::Worker;
     use serde_json::{Value, json};
-    use sqlx::PgPool;
+
+    use crate::common::TestDb;
 
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -293,20 +296,9 @@ login_password = "x"
             .id
     }
 
-    /// The test database's URL, for the binary.
-    async fn database_url(pool: &PgPool) -> String {
-        let name: String = sqlx::query_scalar("SELECT current_database()")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let mut url = reqwest::Url::parse(&base).unwrap();
-        url.set_path(&name);
-        url.to_string()
-    }
-
-    #[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-    async fn an_embedded_install_moves_to_postgres_with_its_pending_changes(pool: PgPool) {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_embedded_install_moves_to_postgres_with_its_pending_changes() {
+        let db = TestDb::postgres().await;
         let (emulator, addr) = Emulator::spawn(EmulatorOptions::default()).await.unwrap();
         let dir = super::tempdir();
         let file = format!("sqlite://{}", dir.join("store.db").display());
@@ -348,7 +340,7 @@ login_password = "x"
 
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ameyo-scim"))
             .args(["migrate-store", "--json", "--from", &file, "--to"])
-            .arg(database_url(&pool).await)
+            .arg(db.url())
             .output()
             .unwrap();
         assert!(
@@ -366,8 +358,8 @@ login_password = "x"
         // PostgreSQL's workers deliver exactly what was pending.
         emulator.set_faults(Faults::default());
         emulator.clear_requests();
-        let pg_settings = settings(&database_url(&pool).await, &format!("http://{addr}"));
-        let pg = Backend::postgres(pool.clone(), lite_settings_cipher(&pg_settings));
+        let pg_settings = settings(db.url(), &format!("http://{addr}"));
+        let pg = Backend::postgres(db.pg_pool(), lite_settings_cipher(&pg_settings));
         let pg_worker = worker(&pg_settings, &pg);
         drain(&pg_worker, &pg).await;
         let users = emulator.users();
@@ -396,7 +388,7 @@ login_password = "x"
         // A second run into the same database is refused.
         let again = std::process::Command::new(env!("CARGO_BIN_EXE_ameyo-scim"))
             .args(["migrate-store", "--from", &file, "--to"])
-            .arg(database_url(&pool).await)
+            .arg(db.url())
             .output()
             .unwrap();
         assert!(!again.status.success());

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use axum::body::Body;
 use axum::http::{Method, Request, header};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 /// What Okta sends on everything but POST.
@@ -243,9 +242,9 @@ async fn patch_then_get(app: &TestApp, id: &str, ops: Value) -> Value {
 // Okta
 // ---------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_create_flow(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_create_flow);
+async fn okta_create_flow(db: TestDb) {
+    let app = app(&db).await;
 
     // 1. "Does the user exist?" -> 200 with totalResults 0.
     let lookup = format!(
@@ -308,9 +307,9 @@ async fn okta_create_flow(pool: PgPool) {
     assert_eq!(g.body["externalId"], json!("00u1abcdEXT"));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_duplicate_user_name_conflicts(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_duplicate_user_name_conflicts);
+async fn okta_duplicate_user_name_conflicts(db: TestDb) {
+    let app = app(&db).await;
     let r = okta_post(&app, &okta_user("jdoe@example.com", "John", "Doe", "e1")).await;
     assert_user_resp(&r, 201);
     let id = r.body["id"].as_str().unwrap().to_string();
@@ -330,9 +329,9 @@ async fn okta_duplicate_user_name_conflicts(pool: PgPool) {
     assert_eq!(r.body["Resources"][0]["name"]["givenName"], json!("John"));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_get_then_full_put(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_get_then_full_put);
+async fn okta_get_then_full_put(db: TestDb) {
+    let app = app(&db).await;
     let created = okta_post(&app, &okta_user("jdoe@example.com", "John", "Doe", "e1")).await;
     assert_user_resp(&created, 201);
     let id = created.body["id"].as_str().unwrap().to_string();
@@ -374,9 +373,9 @@ async fn okta_get_then_full_put(pool: PgPool) {
     assert_eq!(without_meta(&g.body), without_meta(&r.body));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_put_active_false_and_true(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_put_active_false_and_true);
+async fn okta_put_active_false_and_true(db: TestDb) {
+    let app = app(&db).await;
     let created = okta_post(&app, &okta_user("jdoe@example.com", "John", "Doe", "e1")).await;
     let id = created.body["id"].as_str().unwrap().to_string();
     let mut body = okta_user("jdoe@example.com", "John", "Doe", "e1");
@@ -396,9 +395,9 @@ async fn okta_put_active_false_and_true(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_patch_deactivate_and_reactivate(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_patch_deactivate_and_reactivate);
+async fn okta_patch_deactivate_and_reactivate(db: TestDb) {
+    let app = app(&db).await;
     let created = okta_post(&app, &okta_user("jdoe@example.com", "John", "Doe", "e1")).await;
     let id = created.body["id"].as_str().unwrap().to_string();
 
@@ -443,9 +442,9 @@ async fn okta_patch_deactivate_and_reactivate(pool: PgPool) {
     assert_eq!(g.body["active"], json!(true), "{}", g.text);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_password_sync_patch(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_password_sync_patch);
+async fn okta_password_sync_patch(db: TestDb) {
+    let app = app(&db).await;
     let created = okta_post(&app, &okta_user("jdoe@example.com", "John", "Doe", "e1")).await;
     let id = created.body["id"].as_str().unwrap().to_string();
 
@@ -478,9 +477,9 @@ async fn read_all_pages(app: &TestApp) -> Vec<String> {
     ids
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_paging_250_users(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_paging_250_users);
+async fn okta_paging_250_users(db: TestDb) {
+    let app = app(&db).await;
     let mut created = Vec::new();
     for i in 0..250 {
         let un = format!("user{i:03}@example.com");
@@ -505,9 +504,9 @@ async fn okta_paging_250_users(pool: PgPool) {
     assert_list(&r, 250, 301, 0);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn okta_content_types_accepted_and_answered_as_scim_json(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(okta_content_types_accepted_and_answered_as_scim_json);
+async fn okta_content_types_accepted_and_answered_as_scim_json(db: TestDb) {
+    let app = app(&db).await;
     // POST: application/json (and with a charset).
     let r = okta_post(&app, &okta_user("a@example.com", "A", "One", "e1")).await;
     assert_user_resp(&r, 201);
@@ -561,9 +560,9 @@ async fn okta_content_types_accepted_and_answered_as_scim_json(pool: PgPool) {
 // Microsoft Entra ID
 // ---------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_lookups_by_user_name_external_id_and_value_path(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_lookups_by_user_name_external_id_and_value_path);
+async fn entra_lookups_by_user_name_external_id_and_value_path(db: TestDb) {
+    let app = app(&db).await;
     let ann = app
         .create_user(entra_user("ann.lee@contoso.com", "ext-ANN-1"))
         .await;
@@ -610,9 +609,9 @@ async fn entra_lookups_by_user_name_external_id_and_value_path(pool: PgPool) {
     assert_eq!(other["externalId"], json!("ext-BOB-2"));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_test_connection_random_guid(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_test_connection_random_guid);
+async fn entra_test_connection_random_guid(db: TestDb) {
+    let app = app(&db).await;
     // Before and after there are users: a random GUID matches nobody.
     for round in 0..2 {
         if round == 1 {
@@ -630,9 +629,9 @@ async fn entra_test_connection_random_guid(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_patch_without_flag_one_op_per_attribute(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_patch_without_flag_one_op_per_attribute);
+async fn entra_patch_without_flag_one_op_per_attribute(db: TestDb) {
+    let app = app(&db).await;
     let user = app
         .create_user(entra_user("ann@contoso.com", "ext-ann"))
         .await;
@@ -765,9 +764,9 @@ async fn entra_patch_without_flag_one_op_per_attribute(pool: PgPool) {
     assert_eq!(u["active"], json!(true));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_patch_without_flag_manager_bare_string_add_and_empty_add(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_patch_without_flag_manager_bare_string_add_and_empty_add);
+async fn entra_patch_without_flag_manager_bare_string_add_and_empty_add(db: TestDb) {
+    let app = app(&db).await;
     let user = app
         .create_user(entra_user("ann@contoso.com", "ext-ann"))
         .await;
@@ -794,9 +793,9 @@ async fn entra_patch_without_flag_manager_bare_string_add_and_empty_add(pool: Pg
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_patch_without_flag_batched_request(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_patch_without_flag_batched_request);
+async fn entra_patch_without_flag_batched_request(db: TestDb) {
+    let app = app(&db).await;
     let user = app
         .create_user(json!({
             "schemas": [USER_SCHEMA],
@@ -849,9 +848,9 @@ async fn entra_patch_without_flag_batched_request(pool: PgPool) {
     assert_eq!(u["active"], json!(false));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_patch_with_flag(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_patch_with_flag);
+async fn entra_patch_with_flag(db: TestDb) {
+    let app = app(&db).await;
     let user = app
         .create_user(entra_user("ann@contoso.com", "ext-ann"))
         .await;
@@ -909,9 +908,9 @@ async fn entra_patch_with_flag(pool: PgPool) {
     assert_eq!(u["userName"], json!("ann@contoso.com"));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn entra_soft_delete_then_hard_delete(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(entra_soft_delete_then_hard_delete);
+async fn entra_soft_delete_then_hard_delete(db: TestDb) {
+    let app = app(&db).await;
     let user = app
         .create_user(entra_user("ann@contoso.com", "ext-ann"))
         .await;
@@ -960,9 +959,9 @@ async fn entra_soft_delete_then_hard_delete(pool: PgPool) {
     .assert_error(404, None);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn schemas_and_discovery_served(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(schemas_and_discovery_served);
+async fn schemas_and_discovery_served(db: TestDb) {
+    let app = app(&db).await;
     let r = app.get("/scim/v2/Schemas").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_scim_ct(&r);
@@ -1006,9 +1005,9 @@ async fn schemas_and_discovery_served(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn values_and_types_stored_exactly_as_sent(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(values_and_types_stored_exactly_as_sent);
+async fn values_and_types_stored_exactly_as_sent(db: TestDb) {
+    let app = app(&db).await;
     let emails = json!([
         {"value": "Ann.Lee@Contoso.COM", "type": "work", "primary": true},
         {"value": "ann@home.example", "type": "Home"},

@@ -5,6 +5,7 @@ mod common;
 
 use ameyo_scim::scim::filter;
 use ameyo_scim::store::{ListQuery, PgStore};
+use common::TestDb;
 use sqlx::PgPool;
 
 const USERS: i64 = 20_000;
@@ -40,8 +41,10 @@ fn query(f: &str) -> ListQuery {
     }
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn idp_lookups_use_their_indexes(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_lookups_use_their_indexes() {
+    let db = TestDb::postgres().await;
+    let pool = db.pg_pool();
     seed(&pool).await;
     let store = PgStore::new(
         pool.clone(),

@@ -11,18 +11,16 @@ use axum::http::Request;
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tower::ServiceExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 async fn scrape(s: &SyncApp) -> String {
-    let store = ameyo_scim::store::backend::Backend::postgres(
-        s.app.pool.clone(),
-        ameyo_scim::store::password::PasswordCipher::new(&[0u8; 32]),
+    let router = ameyo_scim::http::metrics_router(
+        s.app.backend.clone(),
+        vec!["a".into(), "b".into(), "c".into()],
+        16,
     );
-    let router =
-        ameyo_scim::http::metrics_router(store, vec!["a".into(), "b".into(), "c".into()], 16);
     let resp = router
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
@@ -51,9 +49,9 @@ fn series(text: &str, name: &str, fragments: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn metrics_after_a_flow(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(metrics_after_a_flow);
+async fn metrics_after_a_flow(db: TestDb) {
+    let s = sync_app(&db).await;
     s.emulator.set_faults(ameyo_emulator::Faults {
         reject_user_ids: vec!["dead@example.com".into()],
         ..Default::default()
@@ -206,19 +204,16 @@ async fn metrics_after_a_flow(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn readyz_reports_missing_migrations(pool: PgPool) {
-    let app = app(pool.clone()).await;
+both_backends!(readyz_reports_missing_migrations);
+async fn readyz_reports_missing_migrations(db: TestDb) {
+    let app = app(&db).await;
     assert_eq!(
         app.call(axum::http::Method::GET, "/readyz", None, None)
             .await
             .status,
         200
     );
-    sqlx::query("DELETE FROM _sqlx_migrations")
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.exec("DELETE FROM _sqlx_migrations", &[]).await;
     let r = app
         .call(axum::http::Method::GET, "/readyz", None, None)
         .await;
@@ -260,17 +255,9 @@ async fn cli_json(config: &std::path::Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
-async fn write_cli_config(
-    pool: &PgPool,
-    ameyo_url: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
-    url.set_path(&name);
-    let dir = std::env::temp_dir().join(format!("ameyo-scim-cli-{}", uuid::Uuid::new_v4()));
+fn write_cli_config(db: &TestDb, ameyo_url: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let url = db.url();
+    let dir = common::db::run_dir().join(format!("cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.toml");
     std::fs::write(
@@ -297,10 +284,10 @@ login_password = "{AMEYO_ADMIN_PASSWORD}"
     (path, dir)
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn admin_cli_against_a_seeded_database(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
-    let (config, _dir) = write_cli_config(&pool, "http://127.0.0.1:9").await;
+both_backends!(admin_cli_against_a_seeded_database);
+async fn admin_cli_against_a_seeded_database(db: TestDb) {
+    let s = sync_app(&db).await;
+    let (config, _dir) = write_cli_config(&db, "http://127.0.0.1:9");
     s.emulator.set_faults(ameyo_emulator::Faults {
         reject_user_ids: vec!["broken@example.com".into()],
         ..Default::default()
@@ -392,9 +379,9 @@ async fn admin_cli_against_a_seeded_database(pool: PgPool) {
     assert!(!ok_run && !err.is_empty());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn reconcile_finds_planted_drift_and_fixes_ours(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
+both_backends!(reconcile_finds_planted_drift_and_fixes_ours);
+async fn reconcile_finds_planted_drift_and_fixes_ours(db: TestDb) {
+    let s = sync_app(&db).await;
     for u in ["keep", "lost", "drift"] {
         s.app
             .create_user(
@@ -415,7 +402,7 @@ async fn reconcile_finds_planted_drift_and_fixes_ours(pool: PgPool) {
         "systemUserType": "Agent", "contactCenterId": 1}),
     );
 
-    let (config, _dir) = write_cli_config(&pool, &s.emulator_url()).await;
+    let (config, _dir) = write_cli_config(&db, &s.emulator_url());
     let r = cli_json(&config, &["reconcile", "--tenant", "a"]).await;
     assert_eq!(r["checked"], json!(3));
     assert_eq!(r["missing_in_ameyo"].as_array().unwrap().len(), 1);

@@ -11,16 +11,13 @@ use std::time::{Duration, Instant};
 
 use ameyo_emulator::{EmulatorOptions, Faults, Outage};
 use ameyo_scim::store::outbox::{
-    Attempt, Claimed, Completion, LinkedUser, Outbox, PgOutbox, SyncCount, SyncEntry, UserIdClaim,
-    Which,
+    Attempt, Claimed, Completion, LinkedUser, Outbox, SyncCount, SyncEntry, UserIdClaim, Which,
 };
-use ameyo_scim::store::password::PasswordCipher;
 use ameyo_scim::sync::{STALE_AFTER, Worker};
 use async_trait::async_trait;
 use axum::http::Method;
 use common::*;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -28,29 +25,8 @@ use uuid::Uuid;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// One outbox row, as the assertions read it.
-#[derive(Debug, sqlx::FromRow)]
-struct Row {
-    state: String,
-    attempts: i32,
-    last_error: Option<String>,
-    lease_owner: Option<String>,
-    lease_token: Option<Uuid>,
-    last_pushed: Option<Value>,
-    pending_since: Option<chrono::DateTime<chrono::Utc>>,
-    /// `next_attempt_at - updated_at`: the delay the last completion chose.
-    delay_secs: f64,
-}
-
-async fn row(pool: &PgPool, user: Uuid) -> Row {
-    sqlx::query_as(
-        "SELECT state, attempts, last_error, lease_owner, lease_token, last_pushed, pending_since,
-                EXTRACT(EPOCH FROM next_attempt_at - updated_at)::float8 AS delay_secs
-         FROM sync_state WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_one(pool)
-    .await
-    .expect("outbox row")
+async fn row(db: &Sql, user: Uuid) -> OutboxRow {
+    db.outbox_row(user).await.expect("outbox row")
 }
 
 fn uuid(id: &str) -> Uuid {
@@ -66,14 +42,9 @@ fn settings_of(s: &SyncApp) -> ameyo_scim::config::Settings {
     sync_settings(&s.emulator_url())
 }
 
-fn cipher() -> PasswordCipher {
-    let key = settings().password_key().expect("key");
-    PasswordCipher::new(&key)
-}
-
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn rows_of_a_tenant_this_process_does_not_know_are_left_alone(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
+both_backends!(rows_of_a_tenant_this_process_does_not_know_are_left_alone);
+async fn rows_of_a_tenant_this_process_does_not_know_are_left_alone(db: TestDb) {
+    let s = sync_app(&db).await;
     let mut of_a = Vec::new();
     let mut of_b = Vec::new();
     for i in 0..3 {
@@ -96,14 +67,14 @@ async fn rows_of_a_tenant_this_process_does_not_know_are_left_alone(pool: PgPool
     // of tenant b.
     let mut older = settings_of(&s);
     older.tenants.retain(|t| t.id != "b");
-    let worker = Arc::new(Worker::new(&older, pool.clone(), cipher()).expect("worker"));
+    let worker = Arc::new(worker(&s.app.backend, &older));
     worker.run_until_idle().await.expect("deliveries");
 
     for id in &of_a {
-        assert_eq!(row(&pool, *id).await.state, "done");
+        assert_eq!(row(&db, *id).await.state, "done");
     }
     for id in &of_b {
-        let r = row(&pool, *id).await;
+        let r = row(&db, *id).await;
         assert_eq!(
             (r.state.as_str(), r.attempts, r.last_error.as_deref()),
             ("pending", 0, None),
@@ -120,18 +91,19 @@ async fn rows_of_a_tenant_this_process_does_not_know_are_left_alone(pool: PgPool
     }
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lease(pool: PgPool) {
-    let app = app(pool.clone()).await;
+both_backends!(a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lease);
+async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lease(db: TestDb) {
+    let app = app(&db).await;
     for i in 0..4 {
         app.create_named(&format!("lease{i}@example.com")).await;
     }
     // As if each had been pushed before: a takeover must push every field again.
-    sqlx::query("UPDATE sync_state SET last_pushed = '{\"userName\": \"Old\"}'")
-        .execute(&pool)
-        .await
-        .expect("last_pushed");
-    let outbox = Arc::new(PgOutbox::new(pool.clone()));
+    db.exec(
+        "UPDATE sync_state SET last_pushed = '{\"userName\": \"Old\"}'",
+        &[],
+    )
+    .await;
+    let outbox = app.backend.outbox.clone();
     let tenants = tenant_a();
     let lease = Duration::from_secs(120);
 
@@ -159,10 +131,10 @@ async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lea
     });
 
     let live_keeps_its_lease = |live: &[Claimed]| {
-        let (pool, live) = (pool.clone(), live.to_vec());
+        let (db, live) = (db.sql(), live.to_vec());
         async move {
             for c in &live {
-                let r = row(&pool, c.user_id).await;
+                let r = row(&db, c.user_id).await;
                 assert_eq!(r.state, "leased", "{r:?}");
                 assert_eq!(r.lease_owner.as_deref(), Some("live"), "{r:?}");
                 assert_eq!(r.lease_token, Some(c.lease_token), "{r:?}");
@@ -178,7 +150,7 @@ async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lea
         live_keeps_its_lease(&live).await;
         let mut back = 0;
         for c in &dead {
-            if row(&pool, c.user_id).await.state == "pending" {
+            if row(&db, c.user_id).await.state == "pending" {
                 back += 1;
             }
         }
@@ -200,7 +172,7 @@ async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lea
         "taken back after {took:?}, before the holder was silent for {STALE_AFTER:?}"
     );
     for c in &dead {
-        let r = row(&pool, c.user_id).await;
+        let r = row(&db, c.user_id).await;
         assert_eq!(
             r.attempts, 1,
             "the lost delivery counts as an attempt: {r:?}"
@@ -223,11 +195,11 @@ async fn a_dead_holder_is_taken_over_within_seconds_and_a_live_one_keeps_its_lea
     beating.abort();
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_row_whose_holder_keeps_dying_ends_as_a_dead_letter(pool: PgPool) {
-    let app = app(pool.clone()).await;
+both_backends!(a_row_whose_holder_keeps_dying_ends_as_a_dead_letter);
+async fn a_row_whose_holder_keeps_dying_ends_as_a_dead_letter(db: TestDb) {
+    let app = app(&db).await;
     let id = uuid(&app.create_named("poison@example.com").await);
-    let outbox = PgOutbox::new(pool.clone());
+    let outbox = app.backend.outbox.clone();
     let tenants = tenant_a();
     for round in 1..=3 {
         // Each holder takes the row and dies before it ever beats.
@@ -247,7 +219,7 @@ async fn a_row_whose_holder_keeps_dying_ends_as_a_dead_letter(pool: PgPool) {
             .await
             .expect("reclaim");
         assert_eq!(n, 1, "round {round}");
-        let r = row(&pool, id).await;
+        let r = row(&db, id).await;
         assert_eq!(r.attempts, round, "{r:?}");
         if round < 3 {
             assert_eq!(r.state, "pending", "{r:?}");
@@ -269,24 +241,22 @@ async fn a_row_whose_holder_keeps_dying_ends_as_a_dead_letter(pool: PgPool) {
     assert!(again.is_empty(), "a dead letter is not claimed again");
 }
 
+both_backends!(the_reclaim_dead_letters_resyncs_too);
 /// Only a row with a version Ameyo has not seen is given up on by the reclaim: one whose
 /// desired version was already delivered (here: an operator's resync of a delivered
 /// user) goes back to pending, its attempt counted and still waiting to be delivered.
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn the_reclaim_dead_letters_resyncs_too(pool: PgPool) {
-    let app = app(pool.clone()).await;
+async fn the_reclaim_dead_letters_resyncs_too(db: TestDb) {
+    let app = app(&db).await;
     let undelivered = uuid(&app.create_named("new@example.com").await);
     let delivered = uuid(&app.create_named("old@example.com").await);
-    sqlx::query(
+    db.exec(
         "UPDATE sync_state SET synced_version = desired_version, state = 'done',
                 pending_since = NULL, last_pushed = '{\"userName\": \"Old\"}'
          WHERE user_id = $1",
+        &[Arg::id(delivered)],
     )
-    .bind(delivered)
-    .execute(&pool)
-    .await
-    .expect("delivered");
-    let outbox = PgOutbox::new(pool.clone());
+    .await;
+    let outbox = app.backend.outbox.clone();
     assert_eq!(
         outbox
             .resync(Some(&[delivered]), None)
@@ -295,10 +265,7 @@ async fn the_reclaim_dead_letters_resyncs_too(pool: PgPool) {
         1
     );
     // Both at their last attempt.
-    sqlx::query("UPDATE sync_state SET attempts = 2")
-        .execute(&pool)
-        .await
-        .expect("attempts");
+    db.exec("UPDATE sync_state SET attempts = 2", &[]).await;
     let tenants = tenant_a();
     let claimed = outbox
         .claim("crashed", &tenants, Duration::from_secs(120), 10)
@@ -313,11 +280,11 @@ async fn the_reclaim_dead_letters_resyncs_too(pool: PgPool) {
         2
     );
 
-    let r = row(&pool, undelivered).await;
+    let r = row(&db, undelivered).await;
     assert_eq!((r.state.as_str(), r.attempts), ("dead", 3), "{r:?}");
     // A resync of a delivered version that keeps dying ends as well: poison rows end
     // whatever made them due.
-    let r = row(&pool, delivered).await;
+    let r = row(&db, delivered).await;
     assert_eq!((r.state.as_str(), r.attempts), ("dead", 3), "{r:?}");
     assert!(r.pending_since.is_none(), "{r:?}");
 }
@@ -327,7 +294,7 @@ async fn the_reclaim_dead_letters_resyncs_too(pool: PgPool) {
 /// times as the test allows (`claims`), so each `run_until_idle` is one attempt however
 /// short the retry delay.
 struct PanickingOutbox {
-    inner: PgOutbox,
+    inner: Arc<dyn Outbox>,
     claims: AtomicU32,
 }
 
@@ -393,7 +360,7 @@ impl Outbox for PanickingOutbox {
         self.inner.prune_attempts(older_than_days).await
     }
     async fn listen(self: Arc<Self>, notify: Arc<Notify>, shutdown: CancellationToken) {
-        Arc::new(self.inner.clone()).listen(notify, shutdown).await
+        self.inner.clone().listen(notify, shutdown).await
     }
     async fn counts(&self) -> ameyo_scim::store::Result<Vec<SyncCount>> {
         self.inner.counts().await
@@ -447,28 +414,28 @@ fn panics_of_a() -> f64 {
         .unwrap_or(0.0)
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
+both_backends!(a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead);
+async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(db: TestDb) {
+    let s = sync_app(&db).await;
     let id = uuid(&s.app.create_named("crash@example.com").await);
     let mut settings = settings_of(&s);
     settings.sync.max_attempts = 2;
     let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
     let outbox = Arc::new(PanickingOutbox {
-        inner: PgOutbox::new(pool.clone()),
+        inner: s.app.backend.outbox.clone(),
         claims: AtomicU32::new(1),
     });
     let worker = Arc::new(Worker::from_tenants(
         &settings.sync,
         &tenants,
         outbox.clone(),
-        cipher(),
+        s.app.backend.cipher.clone(),
         "panicky".into(),
     ));
     let before = panics_of_a();
 
     worker.run_until_idle().await.expect("deliveries");
-    let r = row(&pool, id).await;
+    let r = row(&db, id).await;
     assert_eq!((r.state.as_str(), r.attempts), ("pending", 1), "{r:?}");
     assert!(r.lease_owner.is_none(), "the lease is handed back: {r:?}");
     assert!(
@@ -483,22 +450,22 @@ async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(pool: PgPoo
     );
 
     // A delivery that panics every time ends once its attempts are used up.
-    sqlx::query("UPDATE sync_state SET next_attempt_at = now() WHERE user_id = $1")
-        .bind(id)
-        .execute(&pool)
-        .await
-        .expect("due");
+    db.exec(
+        "UPDATE sync_state SET next_attempt_at = now() WHERE user_id = $1",
+        &[Arg::id(id)],
+    )
+    .await;
     outbox.claims.store(1, Ordering::SeqCst);
     worker.run_until_idle().await.expect("deliveries");
-    let r = row(&pool, id).await;
+    let r = row(&db, id).await;
     assert_eq!((r.state.as_str(), r.attempts), ("dead", 2), "{r:?}");
     assert!(panics_of_a() >= before + 2.0);
     assert!(s.emulator.users().is_empty());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn unconfirmed_creates_share_one_listing(pool: PgPool) {
-    let s = sync_app_with(pool.clone(), EmulatorOptions::default(), |st| {
+both_backends!(unconfirmed_creates_share_one_listing);
+async fn unconfirmed_creates_share_one_listing(db: TestDb) {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         st.sync.concurrency = 16;
     })
     .await;
@@ -516,16 +483,16 @@ async fn unconfirmed_creates_share_one_listing(pool: PgPool) {
     s.worker.run_until_idle().await.expect("deliveries");
     assert!(s.emulator.users().is_empty());
     // Each create was sent and never answered, as far as the bridge knows.
-    let n = sqlx::query(
-        "UPDATE sync_state s SET create_attempted = true, intended_user_id = u.user_name,
+    let n = db
+        .exec(
+            "UPDATE sync_state SET create_attempted = true,
+                intended_user_id = (SELECT u.user_name FROM users u
+                                    WHERE u.id = sync_state.user_id),
                 state = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL,
-                updated_at = now()
-         FROM users u WHERE u.id = s.user_id",
-    )
-    .execute(&pool)
-    .await
-    .expect("unconfirmed")
-    .rows_affected();
+                updated_at = now()",
+            &[],
+        )
+        .await;
     assert_eq!(n, 30);
 
     s.emulator.set_faults(Faults::default());
@@ -551,14 +518,14 @@ async fn unconfirmed_creates_share_one_listing(pool: PgPool) {
     assert_eq!(s.emulator.users().len(), 30);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
+both_backends!(a_call_that_may_land_late_is_retried_after_the_request_timeout_with_every_field);
 async fn a_call_that_may_land_late_is_retried_after_the_request_timeout_with_every_field(
-    pool: PgPool,
+    db: TestDb,
 ) {
     // The request timeout is longer than the 1 s Retry-After of the 503 below, so the
     // two delays can be told apart.
     let timeout = 2;
-    let s = sync_app_with(pool.clone(), EmulatorOptions::default(), |st| {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         for t in &mut st.tenants {
             t.ameyo.request_timeout_secs = timeout;
         }
@@ -579,7 +546,7 @@ async fn a_call_that_may_land_late_is_retried_after_the_request_timeout_with_eve
     });
     assert_eq!(s.app.patch(&uri, rename("Late")).await.status, 200);
     s.worker.run_until_idle().await.expect("deliveries");
-    let r = row(&pool, uuid(&id)).await;
+    let r = row(&db, uuid(&id)).await;
     assert_eq!(r.state, "pending", "{r:?}");
     assert!(
         r.delay_secs >= timeout as f64 - 0.01,
@@ -596,13 +563,13 @@ async fn a_call_that_may_land_late_is_retried_after_the_request_timeout_with_eve
         outage: Some(Outage::Unavailable),
         ..Faults::default()
     });
-    sqlx::query("UPDATE sync_state SET next_attempt_at = now() WHERE user_id = $1")
-        .bind(uuid(&id))
-        .execute(&pool)
-        .await
-        .expect("due");
+    db.exec(
+        "UPDATE sync_state SET next_attempt_at = now() WHERE user_id = $1",
+        &[Arg::id(&id)],
+    )
+    .await;
     s.worker.run_until_idle().await.expect("deliveries");
-    let r = row(&pool, uuid(&id)).await;
+    let r = row(&db, uuid(&id)).await;
     assert_eq!((r.state.as_str(), r.attempts), ("pending", 2), "{r:?}");
     assert!(
         r.delay_secs < timeout as f64 - 0.5,
@@ -620,9 +587,9 @@ async fn a_call_that_may_land_late_is_retried_after_the_request_timeout_with_eve
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn pushing_an_unchanged_dead_letter_again_rearms_it(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
+both_backends!(pushing_an_unchanged_dead_letter_again_rearms_it);
+async fn pushing_an_unchanged_dead_letter_again_rearms_it(db: TestDb) {
+    let s = sync_app(&db).await;
     s.emulator.set_faults(Faults {
         reject_user_ids: vec!["rex@example.com".into()],
         ..Faults::default()
@@ -636,7 +603,7 @@ async fn pushing_an_unchanged_dead_letter_again_rearms_it(pool: PgPool) {
     let created = s.app.create_user(body.clone()).await;
     let id = created["id"].as_str().expect("id").to_string();
     s.drain(LIMIT).await;
-    let r = row(&pool, uuid(&id)).await;
+    let r = row(&db, uuid(&id)).await;
     assert_eq!(r.state, "dead", "{r:?}");
 
     // The IdP's "push again": the very same body.
@@ -646,7 +613,7 @@ async fn pushing_an_unchanged_dead_letter_again_rearms_it(pool: PgPool) {
         put.body["meta"]["version"], created["meta"]["version"],
         "nothing changed"
     );
-    let r = row(&pool, uuid(&id)).await;
+    let r = row(&db, uuid(&id)).await;
     assert_eq!(
         (r.state.as_str(), r.attempts, r.last_error.as_deref()),
         ("pending", 0, None),
@@ -656,37 +623,23 @@ async fn pushing_an_unchanged_dead_letter_again_rearms_it(pool: PgPool) {
     // The cause is gone: delivered.
     s.emulator.set_faults(Faults::default());
     s.drain(LIMIT).await;
-    assert_eq!(row(&pool, uuid(&id)).await.state, "done");
+    assert_eq!(row(&db, uuid(&id)).await.state, "done");
     assert!(s.ameyo_user("rex@example.com").is_some());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn pruning_deletes_every_expired_attempt_and_keeps_the_recent_ones(pool: PgPool) {
-    for (rows, age) in [(25_000, "30 days"), (10, "1 day")] {
-        sqlx::query(
-            "INSERT INTO sync_attempts (at, tenant_id, user_id, version, worker, call, outcome,
-                                        duration_ms)
-             SELECT now() - $2::interval, 'a', gen_random_uuid(), 1, 'w', 'update', 'ok', 5
-             FROM generate_series(1, $1)",
-        )
-        .bind(rows)
-        .bind(age)
-        .execute(&pool)
-        .await
-        .expect("attempts");
+both_backends!(pruning_deletes_every_expired_attempt_and_keeps_the_recent_ones);
+async fn pruning_deletes_every_expired_attempt_and_keeps_the_recent_ones(db: TestDb) {
+    for (rows, days_ago) in [(25_000, 30), (10, 1)] {
+        db.seed_attempts(rows, days_ago).await;
     }
-    let pruned = PgOutbox::new(pool.clone())
+    let pruned = db
+        .open(&settings())
+        .await
+        .outbox
         .prune_attempts(14)
         .await
         .expect("prune");
     assert_eq!(pruned, 25_000);
-    let (old, recent): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE at < now() - interval '14 days'),
-                count(*) FILTER (WHERE at >= now() - interval '14 days')
-         FROM sync_attempts",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("count");
+    let (old, recent) = db.attempts_by_age(14).await;
     assert_eq!((old, recent), (0, 10));
 }

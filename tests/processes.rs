@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use ameyo_emulator::{Emulator, EmulatorOptions, Faults, Outage};
 use common::*;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 const DB_PASSWORD: &str = "db-Pa55word-never-logged";
 
@@ -22,21 +21,20 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The URL of the test's own database, with a password (trust auth ignores it) that
-/// must never show up in a log.
-async fn database_url(pool: &PgPool) -> String {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let mut url = reqwest::Url::parse(&base).expect("DATABASE_URL is a URL");
-    url.set_path(&name);
-    if url.username().is_empty() {
-        let _ = url.set_username("postgres");
+/// The URL of the test's own database; on PostgreSQL with a password (trust auth
+/// ignores it) that must never show up in a log.
+fn database_url(db: &TestDb) -> String {
+    match db.kind() {
+        Kind::Sqlite => db.url().to_string(),
+        Kind::Postgres => {
+            let mut url = reqwest::Url::parse(db.url()).expect("a URL");
+            if url.username().is_empty() {
+                let _ = url.set_username("postgres");
+            }
+            let _ = url.set_password(Some(DB_PASSWORD));
+            url.to_string()
+        }
     }
-    let _ = url.set_password(Some(DB_PASSWORD));
-    url.to_string()
 }
 
 struct Serve {
@@ -181,11 +179,8 @@ where
     }
 }
 
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(pool)
-        .await
-        .expect("count")
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.int(sql, &[]).await
 }
 
 fn successful_creates(emulator: &Emulator) -> std::collections::HashMap<String, usize> {
@@ -204,8 +199,8 @@ fn successful_creates(emulator: &Emulator) -> std::collections::HashMap<String, 
     m
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
+both_backends!(sigkill_mid_sync_loses_nothing_and_creates_nobody_twice);
+async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(db: TestDb) {
     const USERS: usize = 1000;
     let (emulator, addr) = Emulator::spawn(EmulatorOptions {
         faults: Faults {
@@ -217,12 +212,12 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
     .await
     .unwrap();
     let dir = tempdir();
-    let db = database_url(&pool).await;
+    let db_url = database_url(&db);
     let port = free_port();
     let config = write_config(
         &dir,
         port,
-        &db,
+        &db_url,
         &format!("http://{addr}"),
         // The default lease (120 s): recovery must not wait for it.
         "concurrency = 4",
@@ -273,7 +268,7 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
     let started = Instant::now();
     loop {
         let done = count(
-            &pool,
+            &db,
             "SELECT count(*) FROM sync_state WHERE state = 'done' AND synced_version = 2",
         )
         .await;
@@ -289,7 +284,7 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
     }
     serve.kill();
     let at_kill = count(
-        &pool,
+        &db,
         "SELECT count(*) FROM sync_state WHERE state = 'done' AND synced_version = 2",
     )
     .await;
@@ -298,14 +293,16 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
         "the kill came too late to test anything"
     );
     // The rows the killed process held when it died.
-    let orphaned: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT lease_owner FROM sync_state WHERE state = 'leased'")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let leased_by = || {
+        db.texts(
+            "SELECT lease_owner FROM sync_state WHERE state = 'leased'",
+            &[],
+        )
+    };
+    let orphaned = leased_by().await;
 
     let in_flight = count(
-        &pool,
+        &db,
         "SELECT count(*) FROM sync_state WHERE state = 'leased'",
     )
     .await;
@@ -315,18 +312,16 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
     let mut taken_back = None;
     loop {
         if taken_back.is_none() {
-            let still: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sync_state WHERE state = 'leased' AND lease_owner = ANY($1)",
-            )
-            .bind(&orphaned)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+            let still = leased_by()
+                .await
+                .iter()
+                .filter(|owner| orphaned.contains(owner))
+                .count();
             if still == 0 {
                 taken_back = Some(started.elapsed());
             }
         }
-        let done = count(&pool, "SELECT count(*) FROM sync_state WHERE state = 'done' AND synced_version = desired_version").await;
+        let done = count(&db, "SELECT count(*) FROM sync_state WHERE state = 'done' AND synced_version = desired_version").await;
         if done == USERS as i64 {
             break;
         }
@@ -366,8 +361,10 @@ async fn sigkill_mid_sync_loses_nothing_and_creates_nobody_twice(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn two_replicas_share_the_work_and_deliver_each_version_once(pool: PgPool) {
+/// PostgreSQL only: an embedded store serves one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_work_and_deliver_each_version_once() {
+    let db = TestDb::postgres().await;
     const USERS: usize = 400;
     let (emulator, addr) = Emulator::spawn(EmulatorOptions {
         faults: Faults {
@@ -379,11 +376,11 @@ async fn two_replicas_share_the_work_and_deliver_each_version_once(pool: PgPool)
     .await
     .unwrap();
     let dir = tempdir();
-    let db = database_url(&pool).await;
+    let db_url = database_url(&db);
     let ameyo = format!("http://{addr}");
     let (p1, p2) = (free_port(), free_port());
-    let c1 = write_config(&dir, p1, &db, &ameyo, "concurrency = 4");
-    let c2 = write_config(&dir, p2, &db, &ameyo, "concurrency = 4");
+    let c1 = write_config(&dir, p1, &db_url, &ameyo, "concurrency = 4");
+    let c2 = write_config(&dir, p2, &db_url, &ameyo, "concurrency = 4");
     let s1 = start(&c1, p1, &dir, "one").await;
     let s2 = start(&c2, p2, &dir, "two").await;
     let http = reqwest::Client::new();
@@ -403,13 +400,7 @@ async fn two_replicas_share_the_work_and_deliver_each_version_once(pool: PgPool)
     })
     .await;
     let started = Instant::now();
-    while count(
-        &pool,
-        "SELECT count(*) FROM sync_state WHERE state = 'done'",
-    )
-    .await
-        < USERS as i64
-    {
+    while count(&db, "SELECT count(*) FROM sync_state WHERE state = 'done'").await < USERS as i64 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "not delivered in time"
@@ -424,13 +415,13 @@ async fn two_replicas_share_the_work_and_deliver_each_version_once(pool: PgPool)
     );
     // Each (user, version) was delivered by one worker in one delivery.
     let twice = count(
-        &pool,
+        &db,
         "SELECT count(*) FROM (SELECT user_id, version FROM sync_attempts WHERE call = 'create'
          GROUP BY user_id, version HAVING count(*) > 1) d",
     )
     .await;
     assert_eq!(twice, 0);
-    let workers = count(&pool, "SELECT count(DISTINCT worker) FROM sync_attempts").await;
+    let workers = count(&db, "SELECT count(DISTINCT worker) FROM sync_attempts").await;
     assert_eq!(workers, 2, "both replicas delivered");
     // One login, shared: replicas that each logged in with forceLogin would end each
     // other's sessions over and over.
@@ -446,8 +437,8 @@ async fn two_replicas_share_the_work_and_deliver_each_version_once(pool: PgPool)
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
+both_backends!(no_secret_reaches_the_logs_or_the_database_in_clear);
+async fn no_secret_reaches_the_logs_or_the_database_in_clear(db: TestDb) {
     const FIRST: &str = "Fir5t-Secret-Pa55word";
     const SECOND: &str = "Sec0nd-Secret-Pa55word";
     let (emulator, addr) = Emulator::spawn(EmulatorOptions {
@@ -462,9 +453,9 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
     .await
     .unwrap();
     let dir = tempdir();
-    let db = database_url(&pool).await;
+    let db_url = database_url(&db);
     let port = free_port();
-    let config = write_config(&dir, port, &db, &format!("http://{addr}"), "");
+    let config = write_config(&dir, port, &db_url, &format!("http://{addr}"), "");
     let mut serve = start(&config, port, &dir, "secrets").await;
     let http = reqwest::Client::new();
     let base = serve.url("/scim/v2/Users");
@@ -483,7 +474,7 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
     assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let dump = dump_database(&pool).await;
+    let dump = dump_database(&db).await;
     assert!(!dump.contains(FIRST), "clear-text password in the database");
 
     // A wrong token and a filter on the password, both refused.
@@ -505,7 +496,7 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
 
     // Ameyo returns; the password is delivered, then changed, then delivered again.
     emulator.set_faults(Faults::default());
-    wait_done(&pool, 1).await;
+    wait_done(&db, 1).await;
     let (status, _) = scim(
         &http,
         reqwest::Method::PATCH,
@@ -516,7 +507,7 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
     )
     .await;
     assert_eq!(status, 200);
-    wait_done(&pool, 1).await;
+    wait_done(&db, 1).await;
     emulator.expire_sessions();
     scim(
         &http,
@@ -527,9 +518,9 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
         })),
     )
     .await;
-    wait_done(&pool, 1).await;
+    wait_done(&db, 1).await;
     assert_eq!(emulator.login_count(), 2);
-    let dump = dump_database(&pool).await;
+    let dump = dump_database(&db).await;
     for secret in [FIRST, SECOND] {
         assert!(
             !dump.contains(secret),
@@ -537,7 +528,7 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
         );
     }
     let pending = count(
-        &pool,
+        &db,
         "SELECT count(*) FROM sync_state WHERE pending_password IS NOT NULL",
     )
     .await;
@@ -575,10 +566,10 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear(pool: PgPool) {
     serve.kill();
 }
 
-async fn wait_done(pool: &PgPool, n: i64) {
+async fn wait_done(db: &TestDb, n: i64) {
     let started = Instant::now();
     while count(
-        pool,
+        db,
         "SELECT count(*) FROM sync_state WHERE state = 'done' AND synced_version = desired_version",
     )
     .await
@@ -592,16 +583,15 @@ async fn wait_done(pool: &PgPool, n: i64) {
     }
 }
 
-async fn dump_database(pool: &PgPool) -> String {
+async fn dump_database(db: &TestDb) -> String {
     let mut out = String::new();
-    for table in ["users", "sync_state", "sync_attempts"] {
-        let rows: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT jsonb_agg(to_jsonb(t)) FROM {table} t"
-        )))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        out.push_str(&rows.map(|r| r.to_string()).unwrap_or_default());
+    for (table, key) in [
+        ("users", "id"),
+        ("sync_state", "user_id"),
+        ("sync_attempts", "id"),
+        ("ameyo_sessions", "tenant_id"),
+    ] {
+        out.push_str(&Value::from(db.rows(table, key).await).to_string());
     }
     out
 }
@@ -613,13 +603,13 @@ fn sigterm(child: &Child) {
 }
 
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ameyo-scim-test-{}", uuid::Uuid::new_v4()));
+    let dir = common::db::run_dir().join(format!("processes-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn sigterm_lets_an_in_flight_delivery_finish(pool: PgPool) {
+both_backends!(sigterm_lets_an_in_flight_delivery_finish);
+async fn sigterm_lets_an_in_flight_delivery_finish(db: TestDb) {
     // Each Ameyo call takes 1.5 s, so the delivery (login, then create) is surely in
     // flight when the signal comes.
     let (emulator, addr) = Emulator::spawn(EmulatorOptions {
@@ -632,9 +622,9 @@ async fn sigterm_lets_an_in_flight_delivery_finish(pool: PgPool) {
     .await
     .unwrap();
     let dir = tempdir();
-    let db = database_url(&pool).await;
+    let db_url = database_url(&db);
     let port = free_port();
-    let config = write_config(&dir, port, &db, &format!("http://{addr}"), "");
+    let config = write_config(&dir, port, &db_url, &format!("http://{addr}"), "");
     let mut serve = start(&config, port, &dir, "graceful").await;
     let http = reqwest::Client::new();
     let (status, _) = scim(
@@ -647,7 +637,7 @@ async fn sigterm_lets_an_in_flight_delivery_finish(pool: PgPool) {
     assert_eq!(status, 201);
     let started = Instant::now();
     while count(
-        &pool,
+        &db,
         "SELECT count(*) FROM sync_state WHERE state = 'leased'",
     )
     .await
@@ -671,11 +661,7 @@ async fn sigterm_lets_an_in_flight_delivery_finish(pool: PgPool) {
         serve.logs()
     );
     assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM sync_state WHERE state = 'done'"
-        )
-        .await,
+        count(&db, "SELECT count(*) FROM sync_state WHERE state = 'done'").await,
         1,
         "{}",
         serve.logs()

@@ -9,23 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
+use common::db::{pg_bin, running_as_root};
 use common::*;
-
-fn pg_bin(tool: &str) -> PathBuf {
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin").join(tool))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.sort();
-    candidates
-        .into_iter()
-        .rev()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{tool} not found under /usr/lib/postgresql/*/bin"))
-}
 
 /// Run a Postgres tool, as the `postgres` user when we are root (Postgres refuses root).
 fn pg(tool: &str, args: &[&str]) {
@@ -41,14 +26,6 @@ fn pg(tool: &str, args: &[&str]) {
     }
     .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
     assert!(status.success(), "{tool} {args:?} failed");
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 struct Cluster {
@@ -178,10 +155,7 @@ async fn readyz_goes_503_when_the_database_stops_and_200_when_it_returns() {
     let store = ameyo_scim::server::migrate(&settings)
         .await
         .expect("migrate the throwaway cluster");
-    let ameyo_scim::store::backend::Db::Postgres(pool) = store.db.clone() else {
-        panic!("a PostgreSQL store");
-    };
-    let app = app_with(pool, settings).await;
+    let app = app_over(store, &settings, Duration::from_secs(30));
 
     assert_eq!(readyz(&app).await, 200);
     cluster.stop();

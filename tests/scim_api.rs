@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use common::*;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 fn full_user(user_name: &str) -> Value {
     json!({
@@ -29,9 +28,9 @@ fn full_user(user_name: &str) -> Value {
     })
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn create_answers_201_with_location_etag_and_meta(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(create_answers_201_with_location_etag_and_meta);
+async fn create_answers_201_with_location_etag_and_meta(db: TestDb) {
+    let app = app(&db).await;
     let r = app
         .post("/scim/v2/Users", full_user("grace@navy.example"))
         .await;
@@ -67,9 +66,9 @@ async fn create_answers_201_with_location_etag_and_meta(pool: PgPool) {
     assert_eq!(g.body, r.body);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
-    let app = app(pool.clone()).await;
+both_backends!(the_password_is_kept_only_encrypted_until_delivery);
+async fn the_password_is_kept_only_encrypted_until_delivery(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_user(full_user("pw@example.com")).await["id"]
         .as_str()
         .unwrap()
@@ -80,13 +79,8 @@ async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
         "password reached the database: {snap}"
     );
     let id = uuid::Uuid::parse_str(&id).unwrap();
-    let (sealed, version): (Vec<u8>, i64) = sqlx::query_as(
-        "SELECT pending_password, password_version FROM sync_state WHERE user_id = $1",
-    )
-    .bind(id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let row = db.outbox_row(id).await.unwrap();
+    let (sealed, version) = (row.pending_password.unwrap(), row.password_version.unwrap());
     assert_eq!(version, 1);
     let key = settings().password_key().unwrap();
     let cipher = ameyo_scim::store::password::PasswordCipher::new(&key);
@@ -103,13 +97,8 @@ async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
         )
         .await;
     assert_eq!(r.header("etag"), Some("W/\"2\""));
-    let (sealed, version): (Vec<u8>, i64) = sqlx::query_as(
-        "SELECT pending_password, password_version FROM sync_state WHERE user_id = $1",
-    )
-    .bind(id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let row = db.outbox_row(id).await.unwrap();
+    let (sealed, version) = (row.pending_password.unwrap(), row.password_version.unwrap());
     assert_eq!(version, 2);
     assert_eq!(
         cipher.open(id.as_bytes(), &sealed).unwrap().expose_secret(),
@@ -120,38 +109,31 @@ async fn the_password_is_kept_only_encrypted_until_delivery(pool: PgPool) {
         app.delete(&format!("/scim/v2/Users/{id}")).await.status,
         204
     );
-    let sealed: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT pending_password FROM sync_state WHERE user_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let sealed = db.outbox_row(id).await.unwrap().pending_password;
     assert!(sealed.is_none());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn every_write_marks_the_outbox_row_pending_in_the_same_statement(pool: PgPool) {
-    let app = app(pool.clone()).await;
+both_backends!(every_write_marks_the_outbox_row_pending_in_the_same_statement);
+async fn every_write_marks_the_outbox_row_pending_in_the_same_statement(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_named("outbox@example.com").await;
-    let row = |pool: PgPool, id: String| async move {
-        sqlx::query_as::<_, (i64, i64, String, String)>(
-            "SELECT s.desired_version, u.version, s.state, s.tenant_id
-             FROM sync_state s JOIN users u ON u.id = s.user_id WHERE u.id = $1::uuid",
-        )
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
+    let row = |id: String| {
+        let db = db.sql();
+        async move {
+            let version = db
+                .int("SELECT version FROM users WHERE id = $1", &[Arg::id(&id)])
+                .await;
+            let s = db.outbox_row(&id).await.unwrap();
+            (s.desired_version, version, s.state, s.tenant_id)
+        }
     };
-    assert_eq!(
-        row(pool.clone(), id.clone()).await,
-        (1, 1, "pending".into(), "a".into())
-    );
+    assert_eq!(row(id.clone()).await, (1, 1, "pending".into(), "a".into()));
     // Pretend a worker delivered version 1.
-    sqlx::query("UPDATE sync_state SET state = 'done', synced_version = 1")
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.exec(
+        "UPDATE sync_state SET state = 'done', synced_version = 1",
+        &[],
+    )
+    .await;
     let r = app
         .patch(
             &format!("/scim/v2/Users/{id}"),
@@ -160,39 +142,31 @@ async fn every_write_marks_the_outbox_row_pending_in_the_same_statement(pool: Pg
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("etag"), Some("W/\"2\""));
-    assert_eq!(
-        row(pool.clone(), id.clone()).await,
-        (2, 2, "pending".into(), "a".into())
-    );
+    assert_eq!(row(id.clone()).await, (2, 2, "pending".into(), "a".into()));
 
     // A PUT that changes nothing is not a write: no new version, nothing to deliver.
-    sqlx::query("UPDATE sync_state SET state = 'done', synced_version = 2")
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.exec(
+        "UPDATE sync_state SET state = 'done', synced_version = 2",
+        &[],
+    )
+    .await;
     let current = app.get(&format!("/scim/v2/Users/{id}")).await.body;
     let r = app.put(&format!("/scim/v2/Users/{id}"), current).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("etag"), Some("W/\"2\""));
-    assert_eq!(
-        row(pool.clone(), id.clone()).await,
-        (2, 2, "done".into(), "a".into())
-    );
+    assert_eq!(row(id.clone()).await, (2, 2, "done".into(), "a".into()));
 
     // DELETE is a write too: the tombstone waits for delivery.
     assert_eq!(
         app.delete(&format!("/scim/v2/Users/{id}")).await.status,
         204
     );
-    assert_eq!(
-        row(pool.clone(), id.clone()).await,
-        (3, 3, "pending".into(), "a".into())
-    );
+    assert_eq!(row(id.clone()).await, (3, 3, "pending".into(), "a".into()));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn get_unknown_or_malformed_id_is_404(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(get_unknown_or_malformed_id_is_404);
+async fn get_unknown_or_malformed_id_is_404(db: TestDb) {
+    let app = app(&db).await;
     app.get("/scim/v2/Users/00000000-0000-0000-0000-000000000000")
         .await
         .assert_error(404, None);
@@ -207,9 +181,9 @@ async fn get_unknown_or_malformed_id_is_404(pool: PgPool) {
         .assert_error(404, None);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn bad_users_are_refused_with_the_right_scim_type(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(bad_users_are_refused_with_the_right_scim_type);
+async fn bad_users_are_refused_with_the_right_scim_type(db: TestDb) {
+    let app = app(&db).await;
     let cases = [
         (json!({"schemas": [USER_SCHEMA]}), "invalidValue"),
         (
@@ -254,12 +228,12 @@ async fn bad_users_are_refused_with_the_right_scim_type(pool: PgPool) {
             "{body}"
         );
     }
-    assert_eq!(app.snapshot().await, json!({"users": null, "sync": null}));
+    assert_eq!(app.snapshot().await, json!({"users": [], "sync": []}));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn user_name_is_unique_per_tenant_case_insensitively(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(user_name_is_unique_per_tenant_case_insensitively);
+async fn user_name_is_unique_per_tenant_case_insensitively(db: TestDb) {
+    let app = app(&db).await;
     app.create_named("Dup@Example.com").await;
     app.post("/scim/v2/Users", json!({"userName": "dup@example.COM"}))
         .await
@@ -284,9 +258,9 @@ async fn user_name_is_unique_per_tenant_case_insensitively(pool: PgPool) {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn tenants_never_see_each_others_users(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(tenants_never_see_each_others_users);
+async fn tenants_never_see_each_others_users(db: TestDb) {
+    let app = app(&db).await;
     let a_id = app.create_named("same@example.com").await;
     let r = app
         .call(
@@ -345,9 +319,9 @@ async fn tenants_never_see_each_others_users(pool: PgPool) {
     assert_eq!(mine.header("etag"), Some("W/\"1\""));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn authentication(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(authentication);
+async fn authentication(db: TestDb) {
+    let app = app(&db).await;
     for token in [None, Some("wrong-token"), Some("")] {
         let r = app.call(Method::GET, "/scim/v2/Users", token, None).await;
         r.assert_error(401, None);
@@ -382,9 +356,9 @@ async fn authentication(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn jwt_bearer_selects_its_tenant_and_is_fully_checked(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(jwt_bearer_selects_its_tenant_and_is_fully_checked);
+async fn jwt_bearer_selects_its_tenant_and_is_fully_checked(db: TestDb) {
+    let app = app(&db).await;
     let good = jwt_c(json!({}));
     let r = app
         .call(
@@ -428,9 +402,9 @@ async fn jwt_bearer_selects_its_tenant_and_is_fully_checked(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn filters_cover_the_grammar(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(filters_cover_the_grammar);
+async fn filters_cover_the_grammar(db: TestDb) {
+    let app = app(&db).await;
     let mut ids = std::collections::HashMap::new();
     for (name, given, title, ext, active, emp) in [
         ("alice@example.com", "Alice", "Engineer", "EXT-A", true, "1"),
@@ -562,9 +536,9 @@ async fn filters_cover_the_grammar(pool: PgPool) {
     assert_eq!(names(r#"id eq "not-a-uuid""#).await, "");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn bad_filters_are_400_invalid_filter_and_change_nothing(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(bad_filters_are_400_invalid_filter_and_change_nothing);
+async fn bad_filters_are_400_invalid_filter_and_change_nothing(db: TestDb) {
+    let app = app(&db).await;
     app.create_named("keep@example.com").await;
     let before = app.snapshot().await;
     let deep = format!("{}userName eq \"x\"{}", "(".repeat(200), ")".repeat(200));
@@ -606,9 +580,9 @@ async fn bad_filters_are_400_invalid_filter_and_change_nothing(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn paging_sorting_and_count(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(paging_sorting_and_count);
+async fn paging_sorting_and_count(db: TestDb) {
+    let app = app(&db).await;
     for i in 0..25 {
         app.create_user(json!({"userName": format!("user{i:02}@example.com"), "displayName": format!("{}", 100 - i)}))
             .await;
@@ -674,12 +648,12 @@ async fn paging_sorting_and_count(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn max_page_size_is_advertised_and_enforced(pool: PgPool) {
+both_backends!(max_page_size_is_advertised_and_enforced);
+async fn max_page_size_is_advertised_and_enforced(db: TestDb) {
     let mut s = settings();
     s.scim.max_page_size = 3;
     s.scim.default_page_size = 2;
-    let app = app_with(pool, s).await;
+    let app = app_with(&db, s).await;
     for i in 0..5 {
         app.create_named(&format!("p{i}@example.com")).await;
     }
@@ -695,9 +669,9 @@ async fn max_page_size_is_advertised_and_enforced(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn search_endpoint_matches_get(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(search_endpoint_matches_get);
+async fn search_endpoint_matches_get(db: TestDb) {
+    let app = app(&db).await;
     app.create_user(full_user("s1@example.com")).await;
     app.create_user(full_user("s2@example.com")).await;
     for uri in ["/scim/v2/Users/.search", "/scim/v2/.search"] {
@@ -728,9 +702,9 @@ async fn search_endpoint_matches_get(pool: PgPool) {
         .assert_error(400, Some("invalidValue"));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn attributes_and_excluded_attributes(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(attributes_and_excluded_attributes);
+async fn attributes_and_excluded_attributes(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_user(full_user("proj@example.com")).await["id"]
         .as_str()
         .unwrap()
@@ -781,9 +755,9 @@ async fn attributes_and_excluded_attributes(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn put_replaces_and_ignores_read_only_attributes(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(put_replaces_and_ignores_read_only_attributes);
+async fn put_replaces_and_ignores_read_only_attributes(db: TestDb) {
+    let app = app(&db).await;
     let created = app.create_user(full_user("put@example.com")).await;
     let id = created["id"].as_str().unwrap();
     let r = app
@@ -824,9 +798,9 @@ async fn put_replaces_and_ignores_read_only_attributes(pool: PgPool) {
     assert!(r.body["meta"]["lastModified"].as_str() >= created["meta"]["lastModified"].as_str());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn etags_and_preconditions(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(etags_and_preconditions);
+async fn etags_and_preconditions(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_named("etag@example.com").await;
     let uri = format!("/scim/v2/Users/{id}");
     let with = |m: Method, h: (&'static str, &'static str), body: Option<Value>| {
@@ -895,9 +869,9 @@ async fn etags_and_preconditions(pool: PgPool) {
     assert_eq!(r.status, 204);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn delete_removes_the_user_for_scim_at_once(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(delete_removes_the_user_for_scim_at_once);
+async fn delete_removes_the_user_for_scim_at_once(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_named("gone@example.com").await;
     let r = app.delete(&format!("/scim/v2/Users/{id}")).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -926,9 +900,9 @@ async fn delete_removes_the_user_for_scim_at_once(pool: PgPool) {
     assert_ne!(again, id);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn http_level_errors_are_scim_errors(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(http_level_errors_are_scim_errors);
+async fn http_level_errors_are_scim_errors(db: TestDb) {
+    let app = app(&db).await;
     app.get("/scim/v2/Groups").await.assert_error(404, None);
     app.get("/nowhere").await.assert_error(404, None);
     app.call(Method::DELETE, "/scim/v2/Users", Some(TOKEN_A), None)
@@ -972,9 +946,9 @@ async fn http_level_errors_are_scim_errors(pool: PgPool) {
     assert_eq!(app.snapshot().await, before, "nothing was written");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn bad_patches_change_nothing(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(bad_patches_change_nothing);
+async fn bad_patches_change_nothing(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_user(full_user("patch@example.com")).await["id"]
         .as_str()
         .unwrap()
@@ -1043,9 +1017,9 @@ async fn bad_patches_change_nothing(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn concurrent_patches_to_one_user_all_apply(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(concurrent_patches_to_one_user_all_apply);
+async fn concurrent_patches_to_one_user_all_apply(db: TestDb) {
+    let app = app(&db).await;
     let id = app.create_named("busy@example.com").await;
     let uri = format!("/scim/v2/Users/{id}");
     let mut tasks = Vec::new();
@@ -1074,9 +1048,9 @@ async fn concurrent_patches_to_one_user_all_apply(pool: PgPool) {
     assert_eq!(u.header("etag"), Some("W/\"25\""));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn discovery_documents(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(discovery_documents);
+async fn discovery_documents(db: TestDb) {
+    let app = app(&db).await;
     let spc = app.get("/scim/v2/ServiceProviderConfig").await;
     assert_eq!(spc.status, 200);
     assert_eq!(spc.body["patch"]["supported"], json!(true));
@@ -1137,36 +1111,22 @@ async fn discovery_documents(pool: PgPool) {
         .assert_error(404, None);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_request_past_its_deadline_gets_a_scim_503(pool: PgPool) {
+both_backends!(a_request_past_its_deadline_gets_a_scim_503);
+async fn a_request_past_its_deadline_gets_a_scim_503(db: TestDb) {
     let settings = settings();
-    let key = settings.password_key().unwrap();
-    let store = ameyo_scim::store::PgStore::new(
-        pool.clone(),
-        ameyo_scim::store::password::PasswordCipher::new(&key),
-    );
-    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).unwrap();
-    let state =
-        ameyo_scim::http::AppState::new(&settings, &tenants, std::sync::Arc::new(store)).unwrap();
-    let app = TestApp {
-        router: ameyo_scim::http::router(state, std::time::Duration::from_millis(1)),
-        pool,
-    };
-    // Hold a lock on the users table so the request cannot finish in time.
-    let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let backend = db.open(&settings).await;
+    // Every connection of the store is taken, so the request cannot finish in time.
+    let held = hold_every_connection(&backend).await;
+    let app = app_over(backend, &settings, std::time::Duration::from_millis(1));
     let r = app.get("/scim/v2/Users").await;
     r.assert_error(503, None);
     assert_eq!(r.header("retry-after"), Some("1"));
-    tx.rollback().await.unwrap();
+    drop(held);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn request_ids_are_honoured_or_made_and_echoed(pool: PgPool) {
-    let app = app(pool).await;
+both_backends!(request_ids_are_honoured_or_made_and_echoed);
+async fn request_ids_are_honoured_or_made_and_echoed(db: TestDb) {
+    let app = app(&db).await;
     let with_id = |id: &str| {
         Request::get("/scim/v2/Users")
             .header(header::AUTHORIZATION, format!("Bearer {TOKEN_A}"))

@@ -1,6 +1,8 @@
 //! One data set, two stores: the embedded SQLite store answers every list query (filter,
 //! sort, page, total) exactly as the PostgreSQL store does.
 
+mod common;
+
 use std::path::PathBuf;
 
 use ameyo_scim::scim::filter;
@@ -10,7 +12,6 @@ use ameyo_scim::store::password::PasswordCipher;
 use ameyo_scim::store::sqlite::{self, SqliteStore};
 use ameyo_scim::store::{ListQuery, Page, PgStore, StoreError, UserStore};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 const AMEYO: &str = "urn:ietf:params:scim:schemas:extension:ameyo:2.0:User";
@@ -201,9 +202,10 @@ fn shown(page: &Page) -> (u64, Vec<String>) {
 
 const E: &str = ENTERPRISE_USER;
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn sqlite_answers_every_list_query_as_postgres_does(pool: PgPool) {
-    let pg = PgStore::new(pool, PasswordCipher::new(&[7u8; 32]));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_answers_every_list_query_as_postgres_does() {
+    let db = common::TestDb::postgres().await;
+    let pg = PgStore::new(db.pg_pool(), PasswordCipher::new(&[7u8; 32]));
     let path = std::env::temp_dir().join(format!("ameyo-scim-equivalence-{}.db", Uuid::new_v4()));
     let _db = TempDb(path.clone());
     let lite = SqliteStore::new(

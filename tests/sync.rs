@@ -8,7 +8,6 @@ use std::time::Duration;
 use ameyo_emulator::{EmulatorOptions, Faults, Outage};
 use common::*;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -33,9 +32,9 @@ fn patch(ops: Value) -> Value {
     json!({"schemas": [PATCH_OP], "Operations": ops})
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn each_change_reaches_ameyo_with_the_right_call_and_payload(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(each_change_reaches_ameyo_with_the_right_call_and_payload);
+async fn each_change_reaches_ameyo_with_the_right_call_and_payload(db: TestDb) {
+    let s = sync_app(&db).await;
     let mut body = agent("ada@example.com");
     body["password"] = json!("First-Pa55word!");
     let id = s.app.create_user(body).await["id"]
@@ -67,12 +66,7 @@ async fn each_change_reaches_ameyo_with_the_right_call_and_payload(pool: PgPool)
         Some("First-Pa55word!")
     );
     assert_eq!(s.sync_row(&id).await.0, "done");
-    let pending: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT pending_password FROM sync_state WHERE user_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&s.app.pool)
-            .await
-            .unwrap();
+    let pending = s.row(&id).await.unwrap().pending_password;
     assert!(pending.is_none(), "a delivered password is erased");
 
     // update: PUT cc/contactCenterUsers/<userId>, maxAllowedLogins a number, no userData
@@ -158,27 +152,26 @@ async fn each_change_reaches_ameyo_with_the_right_call_and_payload(pool: PgPool)
     s.drain(LIMIT).await;
     assert_eq!(s.calls("DELETE", "user/users/ada@example.com").len(), 1);
     assert!(s.ameyo_user("ada@example.com").is_none());
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&s.app.pool)
-        .await
-        .unwrap();
+    let rows = s.app.db.int("SELECT count(*) FROM users", &[]).await;
     assert_eq!(
         rows, 0,
         "the tombstone is removed once Ameyo has the delete"
     );
     // Every call is in the attempt log.
-    let logged: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sync_attempts WHERE user_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&s.app.pool)
-            .await
-            .unwrap();
+    let logged = s
+        .app
+        .db
+        .int(
+            "SELECT count(*) FROM sync_attempts WHERE user_id = $1",
+            &[Arg::id(&id)],
+        )
+        .await;
     assert!(logged >= 8, "{logged} attempts logged");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn on_deactivate_delete_and_on_delete_lock(pool: PgPool) {
-    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+both_backends!(on_deactivate_delete_and_on_delete_lock);
+async fn on_deactivate_delete_and_on_delete_lock(db: TestDb) {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         for t in &mut st.tenants {
             t.ameyo.mapping.on_deactivate = ameyo_scim::config::OnDeactivate::Delete;
             t.ameyo.mapping.on_delete = ameyo_scim::config::OnDelete::Lock;
@@ -222,9 +215,9 @@ async fn on_deactivate_delete_and_on_delete_lock(pool: PgPool) {
     assert_eq!(s.emulator.terminations("bo@example.com"), 1);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_hundred_rapid_updates_coalesce(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(a_hundred_rapid_updates_coalesce);
+async fn a_hundred_rapid_updates_coalesce(db: TestDb) {
+    let s = sync_app(&db).await;
     let id = s.app.create_user(agent("rapid@example.com")).await["id"]
         .as_str()
         .unwrap()
@@ -259,19 +252,14 @@ async fn a_hundred_rapid_updates_coalesce(pool: PgPool) {
     let updates = s.calls("PUT", "cc/contactCenterUsers/").len();
     assert!(updates < 50, "{updates} updates for 100 changes");
     assert!(updates >= 1);
-    let (synced, desired): (i64, i64) = sqlx::query_as(
-        "SELECT synced_version, desired_version FROM sync_state WHERE user_id = $1::uuid",
-    )
-    .bind(&id)
-    .fetch_one(&s.app.pool)
-    .await
-    .unwrap();
+    let row = s.row(&id).await.unwrap();
+    let (synced, desired) = (row.synced_version, row.desired_version);
     assert_eq!((synced, desired), (101, 101));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn an_ameyo_outage_loses_nothing(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(an_ameyo_outage_loses_nothing);
+async fn an_ameyo_outage_loses_nothing(db: TestDb) {
+    let s = sync_app(&db).await;
     for outage in [Outage::Unavailable, Outage::Refuse] {
         s.emulator.set_faults(Faults {
             outage: Some(outage),
@@ -309,9 +297,9 @@ async fn an_ameyo_outage_loses_nothing(pool: PgPool) {
     assert_eq!(s.emulator.users().len(), 40);
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn session_expiry_costs_one_login_and_no_failed_delivery(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(session_expiry_costs_one_login_and_no_failed_delivery);
+async fn session_expiry_costs_one_login_and_no_failed_delivery(db: TestDb) {
+    let s = sync_app(&db).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(s.app.create_named(&format!("sess{i}@example.com")).await);
@@ -333,11 +321,14 @@ async fn session_expiry_costs_one_login_and_no_failed_delivery(pool: PgPool) {
         2,
         "one login for the expiry, however many calls saw it"
     );
-    let failed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sync_state WHERE attempts > 0 OR state <> 'done'")
-            .fetch_one(&s.app.pool)
-            .await
-            .unwrap();
+    let failed = s
+        .app
+        .db
+        .int(
+            "SELECT count(*) FROM sync_state WHERE attempts > 0 OR state <> 'done'",
+            &[],
+        )
+        .await;
     assert_eq!(failed, 0, "no delivery failed");
     let expired_calls = s
         .emulator
@@ -348,9 +339,9 @@ async fn session_expiry_costs_one_login_and_no_failed_delivery(pool: PgPool) {
     assert!(expired_calls >= 1, "calls did meet the expired session");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_permanent_error_dead_letters_only_that_user(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(a_permanent_error_dead_letters_only_that_user);
+async fn a_permanent_error_dead_letters_only_that_user(db: TestDb) {
+    let s = sync_app(&db).await;
     s.emulator.set_faults(Faults {
         reject_user_ids: vec!["bad@example.com".into()],
         ..Faults::default()
@@ -386,9 +377,9 @@ async fn a_permanent_error_dead_letters_only_that_user(pool: PgPool) {
     assert!(s.ameyo_user("bad@example.com").is_some());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn transient_faults_and_rate_limits_are_retried(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(transient_faults_and_rate_limits_are_retried);
+async fn transient_faults_and_rate_limits_are_retried(db: TestDb) {
+    let s = sync_app(&db).await;
     s.emulator.set_faults(Faults {
         error_rate: 0.3,
         rate_limit_every: 7,
@@ -399,10 +390,11 @@ async fn transient_faults_and_rate_limits_are_retried(pool: PgPool) {
         s.app.create_named(&format!("flaky{i}@example.com")).await;
     }
     s.drain(Duration::from_secs(60)).await;
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_state WHERE state = 'dead'")
-        .fetch_one(&s.app.pool)
-        .await
-        .unwrap();
+    let dead = s
+        .app
+        .db
+        .int("SELECT count(*) FROM sync_state WHERE state = 'dead'", &[])
+        .await;
     assert_eq!(dead, 0);
     assert_eq!(
         s.emulator.users().len(),
@@ -417,9 +409,9 @@ async fn transient_faults_and_rate_limits_are_retried(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn an_existing_ameyo_user_is_not_taken_over_by_default(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(an_existing_ameyo_user_is_not_taken_over_by_default);
+async fn an_existing_ameyo_user_is_not_taken_over_by_default(db: TestDb) {
+    let s = sync_app(&db).await;
     let planted = json!({
         "userId": "legacy@example.com", "userType": "Agent", "userName": "Old Name",
         "systemUserType": "Agent", "contactCenterId": 1
@@ -440,9 +432,9 @@ async fn an_existing_ameyo_user_is_not_taken_over_by_default(pool: PgPool) {
     assert!(s.calls("PUT", "cc/contactCenterUsers/").is_empty());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn an_existing_ameyo_user_is_adopted_when_the_operator_allows_it(pool: PgPool) {
-    let s = sync_app_with(pool, Default::default(), |settings| {
+both_backends!(an_existing_ameyo_user_is_adopted_when_the_operator_allows_it);
+async fn an_existing_ameyo_user_is_adopted_when_the_operator_allows_it(db: TestDb) {
+    let s = sync_app_with(&db, Default::default(), |settings| {
         settings.tenants[0].ameyo.adopt_existing = true;
     })
     .await;
@@ -458,18 +450,13 @@ async fn an_existing_ameyo_user_is_adopted_when_the_operator_allows_it(pool: PgP
         s.ameyo_user("legacy@example.com").unwrap()["userName"],
         json!("legacy@example.com")
     );
-    let linked: Option<String> =
-        sqlx::query_scalar("SELECT ameyo_user_id FROM sync_state WHERE user_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&s.app.pool)
-            .await
-            .unwrap();
+    let linked = s.row(&id).await.unwrap().ameyo_user_id;
     assert_eq!(linked.as_deref(), Some("legacy@example.com"));
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave);
+async fn a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave(db: TestDb) {
+    let s = sync_app(&db).await;
     let old = s.app.create_named("again@example.com").await;
     s.drain(LIMIT).await;
     // Ameyo is down while the IdP deletes the user and creates it anew.
@@ -510,9 +497,9 @@ async fn a_user_recreated_under_the_same_name_waits_for_the_old_one_to_leave(poo
     assert_eq!(s.sync_row(&new).await.0, "done");
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_newer_version_is_not_dead_lettered_with_the_one_that_failed(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(a_newer_version_is_not_dead_lettered_with_the_one_that_failed);
+async fn a_newer_version_is_not_dead_lettered_with_the_one_that_failed(db: TestDb) {
+    let s = sync_app(&db).await;
     s.emulator.set_faults(Faults {
         reject_user_ids: vec!["bad@example.com".into()],
         latency_ms: 400,
@@ -542,9 +529,9 @@ async fn a_newer_version_is_not_dead_lettered_with_the_one_that_failed(pool: PgP
     assert!(s.ameyo_user("good@example.com").is_some());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(an_unconfirmed_create_is_found_by_the_userid_it_was_for);
+async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(db: TestDb) {
+    let s = sync_app(&db).await;
     s.emulator.set_faults(Faults {
         outage: Some(Outage::Unavailable),
         ..Faults::default()
@@ -554,17 +541,17 @@ async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
     // As if the create had reached Ameyo but its answer was lost (a crash right after
     // sending it leaves exactly this row)...
     // (the claim records the userId and the fields the create carries).
-    sqlx::query(
-        r#"UPDATE sync_state SET create_attempted = true, intended_user_id = 'ann@example.com',
+    s.app
+        .db
+        .exec(
+            r#"UPDATE sync_state SET create_attempted = true, intended_user_id = 'ann@example.com',
             last_pushed = '{"user_id": "ann@example.com", "user_name": "ann@example.com",
               "user_type": "Agent", "system_user_type": "Agent", "contact_center_id": 1,
               "default_ready": false}'
-           WHERE user_id = $1::uuid"#,
-    )
-    .bind(&id)
-    .execute(&s.app.pool)
-    .await
-    .unwrap();
+           WHERE user_id = $1"#,
+            &[Arg::id(&id)],
+        )
+        .await;
     s.emulator.set_faults(Faults::default());
     s.emulator.add_user(
         // What the bridge sent: its name is the user's.
@@ -585,12 +572,7 @@ async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
         "no second account: {:?}",
         s.emulator.users()
     );
-    let linked: Option<String> =
-        sqlx::query_scalar("SELECT ameyo_user_id FROM sync_state WHERE user_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&s.app.pool)
-            .await
-            .unwrap();
+    let linked = s.row(&id).await.unwrap().ameyo_user_id;
     assert_eq!(
         linked.as_deref(),
         Some("ann@example.com"),
@@ -602,9 +584,9 @@ async fn an_unconfirmed_create_is_found_by_the_userid_it_was_for(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_password_sent_while_deactivated_waits_for_reactivation(pool: PgPool) {
-    let s = sync_app(pool).await;
+both_backends!(a_password_sent_while_deactivated_waits_for_reactivation);
+async fn a_password_sent_while_deactivated_waits_for_reactivation(db: TestDb) {
+    let s = sync_app(&db).await;
     let id = s.app.create_named("pw-later@example.com").await;
     let uri = format!("/scim/v2/Users/{id}");
     s.drain(LIMIT).await;
@@ -638,18 +620,13 @@ async fn a_password_sent_while_deactivated_waits_for_reactivation(pool: PgPool) 
         s.emulator.user_data("pw-later@example.com").as_deref(),
         Some("Kept-Pa55word!")
     );
-    let pending: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT pending_password FROM sync_state WHERE user_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&s.app.pool)
-            .await
-            .unwrap();
+    let pending = s.row(&id).await.unwrap().pending_password;
     assert!(pending.is_none());
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn colliding_ameyo_userids_dead_letter_instead_of_taking_over(pool: PgPool) {
-    let s = sync_app_with(pool, EmulatorOptions::default(), |st| {
+both_backends!(colliding_ameyo_userids_dead_letter_instead_of_taking_over);
+async fn colliding_ameyo_userids_dead_letter_instead_of_taking_over(db: TestDb) {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
         for t in &mut st.tenants {
             t.ameyo.mapping.user_id_transforms =
                 vec![ameyo_scim::config::UserIdTransform::EmailLocalPart];
@@ -671,9 +648,9 @@ async fn colliding_ameyo_userids_dead_letter_instead_of_taking_over(pool: PgPool
     );
 }
 
-#[sqlx::test(migrator = "ameyo_scim::store::postgres::MIGRATOR")]
-async fn a_new_password_key_logs_in_afresh(pool: PgPool) {
-    let s = sync_app(pool.clone()).await;
+both_backends!(a_new_password_key_logs_in_afresh);
+async fn a_new_password_key_logs_in_afresh(db: TestDb) {
+    let s = sync_app(&db).await;
     let id = s.app.create_named("rekey@example.com").await;
     s.drain(LIMIT).await;
     // Restart with another key: the stored session cannot be opened.
@@ -683,15 +660,7 @@ async fn a_new_password_key_logs_in_afresh(pool: PgPool) {
             .to_string()
             .into(),
     );
-    let key = settings.password_key().unwrap();
-    let worker = std::sync::Arc::new(
-        ameyo_scim::sync::Worker::new(
-            &settings,
-            pool.clone(),
-            ameyo_scim::store::password::PasswordCipher::new(&key),
-        )
-        .unwrap(),
-    );
+    let worker = std::sync::Arc::new(worker(&db.open(&settings).await, &settings));
     s.app
         .patch(
             &format!("/scim/v2/Users/{id}"),

@@ -1,6 +1,9 @@
-//! Shared test harness: the whole application router over a fresh database that
-//! `#[sqlx::test]` creates for each test, driven in-process with `oneshot`.
+//! Shared test harness: the whole application router over a fresh store of either
+//! backend ([`db::TestDb`]), driven in-process with `oneshot`, and a delivery worker
+//! against the in-process Ameyo emulator.
 #![allow(dead_code)]
+
+pub mod db;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +11,16 @@ use std::time::Duration;
 use ameyo_scim::config::Settings;
 use ameyo_scim::http::auth::token_digest;
 use ameyo_scim::http::{AppState, router};
-use ameyo_scim::store::PgStore;
-use ameyo_scim::store::password::PasswordCipher;
+use ameyo_scim::store::backend::Backend;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tower::ServiceExt;
+
+#[allow(unused_imports)]
+pub use db::{Arg, Kind, OutboxRow, Sql, TestDb, hold_every_connection};
 
 pub const TOKEN_A: &str = "tenant-a-secret-token";
 pub const TOKEN_A2: &str = "tenant-a-rotated-token";
@@ -96,7 +100,10 @@ pub const BASE: &str = "https://scim.example.test/scim/v2";
 
 pub struct TestApp {
     pub router: Router,
-    pub pool: PgPool,
+    /// The store the router serves, as `serve` opens it.
+    pub backend: Backend,
+    /// Direct SQL on the same store.
+    pub db: Sql,
 }
 
 /// A response, its body parsed as JSON (`Value::Null` when empty).
@@ -140,19 +147,26 @@ impl Resp {
     }
 }
 
-pub async fn app(pool: PgPool) -> TestApp {
-    app_with(pool, settings()).await
+pub async fn app(db: &TestDb) -> TestApp {
+    app_with(db, settings()).await
 }
 
-pub async fn app_with(pool: PgPool, settings: Settings) -> TestApp {
+/// The app over `db` opened with `settings`.
+pub async fn app_with(db: &TestDb, settings: Settings) -> TestApp {
+    let backend = db.open(&settings).await;
+    app_over(backend, &settings, Duration::from_secs(30))
+}
+
+/// The app over an open store, wired as `serve` wires it, with this request deadline.
+pub fn app_over(backend: Backend, settings: &Settings, deadline: Duration) -> TestApp {
     ameyo_scim::telemetry::metrics::install();
-    let key = settings.password_key().expect("key");
-    let store = PgStore::new(pool.clone(), PasswordCipher::new(&key));
-    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
-    let state = AppState::new(&settings, &tenants, Arc::new(store)).expect("state");
+    let owner = ameyo_scim::sync::this_owner();
+    let tenants = ameyo_scim::tenants::build(settings, &backend.sessions(&owner)).expect("tenants");
+    let state = AppState::new(settings, &tenants, backend.users.clone()).expect("state");
     TestApp {
-        router: router(state, Duration::from_secs(30)),
-        pool,
+        router: router(state, deadline),
+        db: Sql::of(&backend),
+        backend,
     }
 }
 
@@ -233,18 +247,7 @@ impl TestApp {
 
     /// Everything the store holds, for "nothing changed" assertions.
     pub async fn snapshot(&self) -> Value {
-        let users: Option<Value> =
-            sqlx::query_scalar("SELECT jsonb_agg(to_jsonb(u) ORDER BY u.id) FROM users u")
-                .fetch_one(&self.pool)
-                .await
-                .expect("snapshot users");
-        let sync: Option<Value> = sqlx::query_scalar(
-            "SELECT jsonb_agg(to_jsonb(s) ORDER BY s.user_id) FROM sync_state s",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .expect("snapshot sync");
-        json!({"users": users, "sync": sync})
+        self.db.snapshot().await
     }
 }
 
@@ -291,30 +294,53 @@ pub fn sync_settings(ameyo_url: &str) -> Settings {
     s
 }
 
-pub async fn sync_app(pool: PgPool) -> SyncApp {
-    sync_app_with(pool, Default::default(), |_| {}).await
+pub async fn sync_app(db: &TestDb) -> SyncApp {
+    sync_app_with(db, Default::default(), |_| {}).await
 }
 
 pub async fn sync_app_with(
-    pool: PgPool,
+    db: &TestDb,
     options: ameyo_emulator::EmulatorOptions,
     tweak: impl FnOnce(&mut Settings),
 ) -> SyncApp {
-    ameyo_scim::telemetry::metrics::install();
     let (emulator, addr) = ameyo_emulator::Emulator::spawn(options)
         .await
         .expect("emulator");
     let mut settings = sync_settings(&format!("http://{addr}"));
     tweak(&mut settings);
-    let key = settings.password_key().expect("key");
-    let worker = ameyo_scim::sync::Worker::new(&settings, pool.clone(), PasswordCipher::new(&key))
-        .expect("worker");
+    sync_app_on(db, emulator, addr, settings).await
+}
+
+/// The app and a worker built from `settings` (already pointing where the test wants),
+/// with `emulator` as the Ameyo behind them.
+pub async fn sync_app_on(
+    db: &TestDb,
+    emulator: ameyo_emulator::Emulator,
+    emulator_addr: std::net::SocketAddr,
+    settings: Settings,
+) -> SyncApp {
+    let app = app_with(db, settings.clone()).await;
+    let worker = worker(&app.backend, &settings);
     SyncApp {
-        app: app_with(pool, settings).await,
-        worker: std::sync::Arc::new(worker),
+        app,
+        worker: Arc::new(worker),
         emulator,
-        emulator_addr: addr,
+        emulator_addr,
     }
+}
+
+/// A delivery worker over `backend` for the tenants of `settings`, as `serve` builds
+/// it: the tenants share their Ameyo session through the store under its name.
+pub fn worker(backend: &Backend, settings: &Settings) -> ameyo_scim::sync::Worker {
+    let owner = ameyo_scim::sync::this_owner();
+    let tenants = ameyo_scim::tenants::build(settings, &backend.sessions(&owner)).expect("tenants");
+    ameyo_scim::sync::Worker::from_tenants(
+        &settings.sync,
+        &tenants,
+        backend.outbox.clone(),
+        backend.cipher.clone(),
+        owner,
+    )
 }
 
 impl SyncApp {
@@ -328,12 +354,17 @@ impl SyncApp {
         let started = std::time::Instant::now();
         loop {
             self.worker.run_until_idle().await.expect("deliveries");
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sync_state WHERE state IN ('pending', 'leased')",
-            )
-            .fetch_one(&self.app.pool)
-            .await
-            .expect("count");
+            let open: i64 = self
+                .app
+                .backend
+                .outbox
+                .counts()
+                .await
+                .expect("outbox counts")
+                .iter()
+                .filter(|c| c.state == "pending" || c.state == "leased")
+                .map(|c| c.users)
+                .sum();
             if open == 0 {
                 return;
             }
@@ -345,15 +376,30 @@ impl SyncApp {
         }
     }
 
-    /// State, attempts and last error of a user's outbox row.
+    /// State, attempts and last error of a user's outbox row, as the store reports it.
     pub async fn sync_row(&self, id: &str) -> (String, i32, Option<String>) {
-        sqlx::query_as(
-            "SELECT state, attempts, last_error FROM sync_state WHERE user_id = $1::uuid",
+        let user = id.parse().expect("a user id");
+        let r = self
+            .app
+            .backend
+            .outbox
+            .row_report(user)
+            .await
+            .expect("row report")
+            .unwrap_or_else(|| panic!("no outbox row for {id}"));
+        (
+            r["state"].as_str().expect("state").to_string(),
+            r["attempts"]
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .expect("attempts"),
+            r["last_error"].as_str().map(str::to_string),
         )
-        .bind(id)
-        .fetch_one(&self.app.pool)
-        .await
-        .expect("sync row")
+    }
+
+    /// The user's outbox row, read directly.
+    pub async fn row(&self, id: &str) -> Option<OutboxRow> {
+        self.app.db.outbox_row(id).await
     }
 
     /// The emulator's user with this Ameyo userId.
