@@ -353,15 +353,25 @@ async fn unassigning_active_never_reactivates(db: TestDb) {
         assert_eq!(r.status, 200, "{}", r.text);
         let r = app.patch(&uri, ops(shape.clone())).await;
         assert_eq!(r.status, 200, "{shape}: {}", r.text);
-        assert_eq!(r.body["active"], json!(false), "{shape}");
-        assert_eq!(active_of(&app, &id).await, (json!(false), false), "{shape}");
+        // Removed from the representation (RFC 7644 §3.5.2.2), and off for the bridge.
+        assert_eq!(r.body.get("active"), None, "{shape}");
+        assert_eq!(active_of(&app, &id).await, (Value::Null, false), "{shape}");
+        // A later change of something else does not bring it back to life.
+        let r = app
+            .patch(
+                &uri,
+                ops(json!([{"op": "replace", "path": "displayName", "value": "Later"}])),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(active_of(&app, &id).await, (Value::Null, false), "{shape}");
 
         // An active user is deactivated.
         let id = app.create_named(&format!("on{i}@example.com")).await;
         let uri = format!("/scim/v2/Users/{id}");
         let r = app.patch(&uri, ops(shape.clone())).await;
         assert_eq!(r.status, 200, "{shape}: {}", r.text);
-        assert_eq!(active_of(&app, &id).await, (json!(false), false), "{shape}");
+        assert_eq!(active_of(&app, &id).await, (Value::Null, false), "{shape}");
     }
 }
 
@@ -383,7 +393,8 @@ async fn put_without_active_keeps_the_current_state(db: TestDb) {
     ] {
         let r = app.put(&uri, body.clone()).await;
         assert_eq!(r.status, 200, "{body}: {}", r.text);
-        assert_eq!(active_of(&app, &id).await, (json!(false), false), "{body}");
+        // Stored as sent; the user stays off.
+        assert_eq!(active_of(&app, &id).await, (Value::Null, false), "{body}");
     }
     // What a PUT says still counts.
     let r = app
@@ -402,7 +413,7 @@ async fn put_without_active_keeps_the_current_state(db: TestDb) {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(active_of(&app, &id).await, (json!(true), true));
+    assert_eq!(active_of(&app, &id).await, (Value::Null, true));
     // POST without `active` creates an active user, as before.
     let id = app.create_named("post@example.com").await;
     assert!(active_of(&app, &id).await.1);

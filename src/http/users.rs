@@ -307,8 +307,11 @@ pub async fn replace(
     let input = parse_user(body)?;
     let change = |current: &StoredUser| {
         let mut input = input.clone();
-        input.keep_active_of(&current.resource);
-        if input.password.is_none() && input.resource == current.resource {
+        input.keep_active_of(current.active);
+        if input.password.is_none()
+            && input.resource == current.resource
+            && input.active == current.active
+        {
             return Ok(None);
         }
         Ok(Some(input))
@@ -334,7 +337,9 @@ pub async fn patch(
     ScimBody(body): ScimBody,
 ) -> ApiResult<Response> {
     let ops = scim_patch::parse_request(body)?;
-    let change = |current: &StoredUser| scim_patch::patch_user(&current.resource, ops.clone());
+    let change = |current: &StoredUser| {
+        scim_patch::patch_user(&current.resource, current.active, ops.clone())
+    };
     write(
         &state,
         &tenant,

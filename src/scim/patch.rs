@@ -149,6 +149,8 @@ fn parse_op(op: Value, out: &mut Vec<PatchOp>) -> Result<()> {
 pub struct Patched {
     pub resource: Map<String, Value>,
     pub password: Option<SecretString>,
+    /// The operations left `active` unassigned (removed, or set to null).
+    pub active_unassigned: bool,
 }
 
 /// Apply operations in order. The caller validates the result with
@@ -157,6 +159,7 @@ pub fn apply(resource: Map<String, Value>, ops: Vec<PatchOp>) -> Result<Patched>
     let mut p = Patched {
         resource,
         password: None,
+        active_unassigned: false,
     };
     for op in ops {
         apply_one(&mut p, op)?;
@@ -165,13 +168,20 @@ pub fn apply(resource: Map<String, Value>, ops: Vec<PatchOp>) -> Result<Patched>
 }
 
 /// Apply a patch and validate the result; `None` if nothing changed at all.
+/// `current_active` is the user's stored state, which an unassigned `active` keeps
+/// unless these operations unassigned it (then the user is switched off).
 pub fn patch_user(
     current: &Map<String, Value>,
+    current_active: bool,
     ops: Vec<PatchOp>,
 ) -> Result<Option<resource::UserInput>> {
     let patched = apply(current.clone(), ops)?;
-    let input = resource::revalidate(patched.resource, patched.password)?;
-    if input.password.is_none() && &input.resource == current {
+    let unassigned = patched.active_unassigned;
+    let mut input = resource::revalidate(patched.resource, patched.password)?;
+    if !input.resource.contains_key("active") {
+        input.active = !unassigned && current_active;
+    }
+    if input.password.is_none() && &input.resource == current && input.active == current_active {
         return Ok(None);
     }
     Ok(Some(input))
@@ -263,15 +273,23 @@ fn apply_attr(
         return Ok(());
     }
     if def.name == "active" && attr.container == Container::Core && sub.is_none() {
-        // Removing `active` or setting it to null unassigns it, and a user whose IdP
-        // unassigns `active` is not active. Left absent, it would read as the POST
-        // default (true) and reactivate a user the IdP has switched off.
+        // Removing `active` or setting it to null unassigns it: the attribute goes, as
+        // RFC 7644 says, and the user is switched off (see `patch_user`). Read as the
+        // POST default instead, it would reactivate a user the IdP has switched off.
         let new = match (kind, value) {
             (OpKind::Remove, _) | (_, None) => None,
             (_, Some(v)) => normalize_value(def, v, def.name)?,
         };
-        p.resource
-            .insert(def.name.into(), new.unwrap_or(Value::Bool(false)));
+        match new {
+            Some(v) => {
+                p.resource.insert(def.name.into(), v);
+                p.active_unassigned = false;
+            }
+            None => {
+                p.resource.remove(def.name);
+                p.active_unassigned = true;
+            }
+        }
         return Ok(());
     }
     let Some(container) = attr
@@ -640,7 +658,7 @@ mod tests {
 
     fn patch(ops: Value) -> Result<Option<resource::UserInput>> {
         let body = json!({"schemas": [PATCH_OP], "Operations": ops});
-        patch_user(&base(), parse_request(body)?)
+        patch_user(&base(), true, parse_request(body)?)
     }
 
     fn patched(ops: Value) -> Value {
@@ -670,6 +688,8 @@ mod tests {
             .unwrap()
             .unwrap()
             .resource;
+        let mut unassigned = base();
+        unassigned.remove("active");
         let no_active = parse_user(json!({"schemas": [USER], "userName": "bo@example.com"}))
             .unwrap()
             .resource;
@@ -683,32 +703,42 @@ mod tests {
         ] {
             let body = json!({"schemas": [PATCH_OP], "Operations": ops});
             // An active user is switched off.
-            let r = patch_user(&base(), parse_request(body.clone()).unwrap())
+            let r = patch_user(&base(), true, parse_request(body.clone()).unwrap())
                 .unwrap()
                 .expect("changed");
             assert!(!r.active, "{ops}");
-            assert_eq!(r.resource["active"], json!(false), "{ops}");
-            // An inactive one stays off: nothing changes.
             assert!(
-                patch_user(&inactive, parse_request(body.clone()).unwrap())
+                !r.resource.contains_key("active"),
+                "removed, as RFC 7644 says: {ops}"
+            );
+            // One already unassigned and off stays so: nothing changes.
+            assert!(
+                patch_user(&unassigned, false, parse_request(body.clone()).unwrap())
                     .unwrap()
                     .is_none(),
                 "{ops}"
             );
             // A user created without `active` (so active) is switched off too.
-            let r = patch_user(&no_active, parse_request(body).unwrap())
+            let r = patch_user(&no_active, true, parse_request(body).unwrap())
                 .unwrap()
                 .expect("changed");
             assert!(!r.active, "{ops}");
         }
-        // Other removals leave `active` alone.
-        let r = patch_user(
-            &inactive,
-            parse_request(json!({"Operations": [{"op": "remove", "path": "name"}]})).unwrap(),
-        )
-        .unwrap()
-        .expect("changed");
-        assert!(!r.active);
+        // Other operations leave `active` alone, assigned or not: a user whose `active`
+        // was unassigned stays off through later changes.
+        for (current, stored) in [(&inactive, false), (&unassigned, false), (&no_active, true)] {
+            let r = patch_user(
+                current,
+                stored,
+                parse_request(
+                    json!({"Operations": [{"op": "replace", "path": "displayName", "value": "X"}]}),
+                )
+                .unwrap(),
+            )
+            .unwrap()
+            .expect("changed");
+            assert_eq!(r.active, stored);
+        }
     }
 
     #[test]
@@ -743,6 +773,7 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
+            true,
             parse_request(
                 json!({"Operations": [{"op": "Replace", "path": "manager", "value": ""}]}),
             )
@@ -800,6 +831,7 @@ mod tests {
         // replace of an extension keeps what the value does not mention
         let with_ext = patch_user(
             &base(),
+            true,
             parse_request(json!({"Operations": [{"op": "add", "value": {ENTERPRISE_USER: {"department": "Ops", "employeeNumber": "7"}}}]})).unwrap(),
         )
         .unwrap()
@@ -807,6 +839,7 @@ mod tests {
         .resource;
         let r = patch_user(
             &with_ext,
+            true,
             parse_request(json!({"Operations": [{"op": "replace", "value": {ENTERPRISE_USER: {"department": "Sales"}}}]})).unwrap(),
         )
         .unwrap()

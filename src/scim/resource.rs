@@ -29,13 +29,9 @@ impl UserInput {
     /// For PUT: a representation that leaves `active` unassigned (absent or null) keeps
     /// the user's current state. The POST default (true) would reactivate a user the IdP
     /// switched off; false would switch off one whose IdP does not manage `active`.
-    pub fn keep_active_of(&mut self, current: &Map<String, Value>) {
-        if self.resource.contains_key("active") {
-            return;
-        }
-        if let Some(Value::Bool(active)) = current.get("active") {
-            self.active = *active;
-            self.resource.insert("active".into(), Value::Bool(*active));
+    pub fn keep_active_of(&mut self, current_active: bool) {
+        if !self.resource.contains_key("active") {
+            self.active = current_active;
         }
     }
 }
@@ -368,6 +364,9 @@ fn validate_ameyo(ext: &mut Map<String, Value>) -> Result<()> {
 pub struct StoredUser {
     pub id: Uuid,
     pub resource: Map<String, Value>,
+    /// Whether the user is active: the resource's `active`, or, when the IdP left it
+    /// unassigned, the state the bridge keeps (off once the IdP removed it).
+    pub active: bool,
     pub version: i64,
     pub created: DateTime<Utc>,
     pub last_modified: DateTime<Utc>,
@@ -528,27 +527,24 @@ mod tests {
 
     #[test]
     fn put_without_active_keeps_the_current_state() {
-        let inactive = parse_user(json!({"userName": "a", "active": false}))
-            .unwrap()
-            .resource;
         for body in [
             json!({"userName": "a", "displayName": "A"}),
             json!({"userName": "a", "displayName": "A", "active": null}),
         ] {
             let mut u = parse_user(body.clone()).unwrap();
             assert!(u.active, "POST default: {body}");
-            u.keep_active_of(&inactive);
+            u.keep_active_of(false);
             assert!(!u.active, "{body}");
-            assert_eq!(u.resource["active"], json!(false), "{body}");
+            assert!(u.resource.get("active").is_none(), "stored as sent: {body}");
         }
         // What the PUT says wins.
         let mut u = parse_user(json!({"userName": "a", "active": true})).unwrap();
-        u.keep_active_of(&inactive);
+        u.keep_active_of(false);
         assert!(u.active);
         assert_eq!(u.resource["active"], json!(true));
         // A user that never had `active` is active, and stays so.
         let mut u = parse_user(json!({"userName": "a"})).unwrap();
-        u.keep_active_of(&parse_user(json!({"userName": "a"})).unwrap().resource);
+        u.keep_active_of(true);
         assert!(u.active);
         assert!(u.resource.get("active").is_none());
     }
@@ -559,6 +555,7 @@ mod tests {
         let now = Utc::now();
         let stored = StoredUser {
             id: Uuid::nil(),
+            active: u.active,
             resource: u.resource,
             version: 3,
             created: now,

@@ -108,7 +108,7 @@ impl PgStore {
 /// compile time (sqlx accepts only static SQL without an explicit audit).
 macro_rules! user_columns {
     () => {
-        "u.id, u.resource, u.version, u.created, u.last_modified"
+        "u.id, u.resource, u.version, u.created, u.last_modified, u.active"
     };
 }
 
@@ -173,6 +173,7 @@ fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<StoredUser> {
         id: row.try_get("id")?,
         resource,
         version: row.try_get("version")?,
+        active: row.try_get("active")?,
         created: row.try_get::<DateTime<Utc>, _>("created")?,
         last_modified: row.try_get::<DateTime<Utc>, _>("last_modified")?,
     })

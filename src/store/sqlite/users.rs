@@ -55,13 +55,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
 /// The columns a [`StoredUser`] is read from, as a macro for `concat!`.
 macro_rules! user_columns {
     () => {
-        "u.id, u.resource, u.version, u.created, u.last_modified"
+        "u.id, u.resource, u.version, u.created, u.last_modified, u.active"
     };
 }
 
-type UserRow = (String, String, i64, String, String);
+type UserRow = (String, String, i64, String, String, bool);
 
-fn row_to_user((id, resource, version, created, last_modified): UserRow) -> Result<StoredUser> {
+fn row_to_user(
+    (id, resource, version, created, last_modified, active): UserRow,
+) -> Result<StoredUser> {
     let decode =
         |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Database(sqlx::Error::Decode(e));
     let resource = match serde_json::from_str(&resource).map_err(|e| decode(Box::new(e)))? {
@@ -72,6 +74,7 @@ fn row_to_user((id, resource, version, created, last_modified): UserRow) -> Resu
         id: Uuid::parse_str(&id).map_err(|e| decode(Box::new(e)))?,
         resource,
         version,
+        active,
         created: parse_time(&created)?,
         last_modified: parse_time(&last_modified)?,
     })
@@ -283,6 +286,7 @@ impl UserStore for SqliteStore {
         Ok(StoredUser {
             id,
             resource: user.resource,
+            active: user.active,
             version: 1,
             created: now,
             last_modified: now,
@@ -384,6 +388,7 @@ impl UserStore for SqliteStore {
         Ok(StoredUser {
             id,
             resource: next.resource,
+            active: next.active,
             version,
             created: current.created,
             last_modified: now,
@@ -456,19 +461,22 @@ impl UserStore for SqliteStore {
     }
 
     async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>> {
-        let row: Option<(String, String, i64, String, String, bool)> = sqlx::query_as(concat!(
-            "SELECT ",
-            user_columns!(),
-            ", u.deleted_at IS NOT NULL FROM users u WHERE u.tenant_id = ?1 AND u.id = ?2"
-        ))
-        .bind(tenant)
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let row: Option<(String, String, i64, String, String, bool, bool)> =
+            sqlx::query_as(concat!(
+                "SELECT ",
+                user_columns!(),
+                ", u.deleted_at IS NOT NULL FROM users u WHERE u.tenant_id = ?1 AND u.id = ?2"
+            ))
+            .bind(tenant)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
         match row {
             None => Ok(None),
-            Some((a, b, c, d, e, deleted)) => Ok(Some((row_to_user((a, b, c, d, e))?, deleted))),
+            Some((a, b, c, d, e, f, deleted)) => {
+                Ok(Some((row_to_user((a, b, c, d, e, f))?, deleted)))
+            }
         }
     }
 
