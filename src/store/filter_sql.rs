@@ -13,6 +13,7 @@ use serde_json::Number;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::ListQuery;
 use crate::scim::ScimError;
 use crate::scim::filter::{AttrPath, CompValue, CompareOp, Filter};
 use crate::scim::schema::{AttrDef, AttrRef, AttrType, Container};
@@ -92,6 +93,82 @@ pub(crate) trait Dialect {
     /// An index-backed test for "has this e-mail value"; the exact test always follows
     /// it, so it only narrows the rows the database looks at.
     fn push_email_key(qb: &mut QueryBuilder<Self::Db>, value: &str);
+    /// Binds a text value (the tenant id).
+    fn push_text(qb: &mut QueryBuilder<Self::Db>, value: String);
+    /// Binds an integer (a limit or an offset).
+    fn push_int(qb: &mut QueryBuilder<Self::Db>, value: i64);
+}
+
+/// `FROM ... WHERE` of a list: the tenant's live users matching the filter.
+fn push_from_where<D: Dialect>(
+    qb: &mut QueryBuilder<D::Db>,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<(), ScimError> {
+    qb.push(" FROM users u WHERE u.tenant_id = ");
+    D::push_text(qb, tenant.to_string());
+    qb.push(" AND u.deleted_at IS NULL");
+    if let Some(f) = &q.filter {
+        qb.push(" AND ");
+        push_filter_as::<D>(qb, f)?;
+    }
+    Ok(())
+}
+
+/// The `totalResults` of a list, after `prefix` (`EXPLAIN ...` or nothing).
+pub(crate) fn count_query_as<D: Dialect>(
+    prefix: &'static str,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<QueryBuilder<D::Db>, ScimError> {
+    let mut qb = QueryBuilder::new(prefix);
+    qb.push("SELECT count(*)");
+    push_from_where::<D>(&mut qb, tenant, q)?;
+    Ok(qb)
+}
+
+/// One page of users in a stable order: the sort key (absent values last), then
+/// (created, id). `columns` are the store's user columns.
+pub(crate) fn page_query_as<D: Dialect>(
+    prefix: &'static str,
+    columns: &'static str,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<QueryBuilder<D::Db>, ScimError> {
+    let mut qb = QueryBuilder::new(prefix);
+    qb.push("SELECT ");
+    qb.push(columns);
+    push_from_where::<D>(&mut qb, tenant, q)?;
+    let offset = i64::try_from(q.start_index.saturating_sub(1)).unwrap_or(i64::MAX);
+    // SQLite reads a negative LIMIT as "no limit": keep it in range.
+    let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
+    // In the default order a deep page starts from the key of its first row, found by
+    // walking the (tenant, created, id) index alone, instead of reading and dropping
+    // every earlier user whole: an IdP paging through a million users stays linear.
+    let keyset = q.sort_by.is_none() && offset > 0;
+    if keyset {
+        qb.push(" AND (u.created, u.id) >= (SELECT u.created, u.id");
+        push_from_where::<D>(&mut qb, tenant, q)?;
+        qb.push(" ORDER BY u.created, u.id LIMIT 1 OFFSET ");
+        D::push_int(&mut qb, offset);
+        qb.push(")");
+    }
+    qb.push(" ORDER BY ");
+    if let Some(sort) = &q.sort_by {
+        qb.push(sort_expr_as::<D>(sort)?);
+        qb.push(if q.descending {
+            " DESC NULLS LAST, "
+        } else {
+            " ASC NULLS LAST, "
+        });
+    }
+    qb.push("u.created, u.id LIMIT ");
+    D::push_int(&mut qb, limit);
+    if !keyset {
+        qb.push(" OFFSET ");
+        D::push_int(&mut qb, offset);
+    }
+    Ok(qb)
 }
 
 pub(crate) fn lit(s: &str) -> String {
@@ -467,6 +544,25 @@ pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
     sort_expr_as::<PgDialect>(path)
 }
 
+/// The PostgreSQL `count(*)` of a list.
+pub fn count_query(
+    prefix: &'static str,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<QueryBuilder<Postgres>, ScimError> {
+    count_query_as::<PgDialect>(prefix, tenant, q)
+}
+
+/// One PostgreSQL page of a list.
+pub fn page_query(
+    prefix: &'static str,
+    columns: &'static str,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<QueryBuilder<Postgres>, ScimError> {
+    page_query_as::<PgDialect>(prefix, columns, tenant, q)
+}
+
 /// PostgreSQL over the jsonb `u.resource`. A caseExact=false string compares lower()ed
 /// on both sides, the form the userName index is built on.
 struct PgDialect;
@@ -594,6 +690,14 @@ impl Dialect for PgDialect {
     }
 
     /// The GIN index on `scim_email_values(resource)` answers e-mail equality.
+    fn push_text(qb: &mut QueryBuilder<Postgres>, value: String) {
+        qb.push_bind(value);
+    }
+
+    fn push_int(qb: &mut QueryBuilder<Postgres>, value: i64) {
+        qb.push_bind(value);
+    }
+
     fn push_email_key(qb: &mut QueryBuilder<Postgres>, value: &str) {
         qb.push("scim_email_values(u.resource) @> ARRAY[lower(");
         qb.push_bind(value.to_string());

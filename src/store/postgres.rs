@@ -12,7 +12,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::filter_sql::{push_filter, sort_expr};
 use super::outbox::{Outbox, PgOutbox, SyncCount};
 use super::password::PasswordCipher;
 use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
@@ -188,57 +187,18 @@ fn map_unique(e: sqlx::Error) -> StoreError {
     e.into()
 }
 
-/// `FROM ... WHERE` of a list: the tenant's live users matching the filter.
-fn push_from_where(qb: &mut QueryBuilder<Postgres>, tenant: &str, q: &ListQuery) -> Result<()> {
-    qb.push(" FROM users u WHERE u.tenant_id = ");
-    qb.push_bind(tenant.to_string());
-    qb.push(" AND u.deleted_at IS NULL");
-    if let Some(f) = &q.filter {
-        qb.push(" AND ");
-        push_filter(qb, f)?;
-    }
-    Ok(())
-}
-
 fn count_query(tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Postgres>> {
-    let mut qb = QueryBuilder::new("SELECT count(*)");
-    push_from_where(&mut qb, tenant, q)?;
-    Ok(qb)
+    Ok(super::filter_sql::count_query("", tenant, q)?)
 }
 
 /// One page of users in a stable order.
 fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Postgres>> {
-    let mut qb = QueryBuilder::new(prefix);
-    qb.push(concat!("SELECT ", user_columns!()));
-    push_from_where(&mut qb, tenant, q)?;
-    let offset = q.start_index.saturating_sub(1) as i64;
-    // In the default order a deep page starts from the key of its first row, found by
-    // walking the (tenant, created, id) index alone, instead of reading and dropping
-    // every earlier user whole: an IdP paging through a million users stays linear.
-    let keyset = q.sort_by.is_none() && offset > 0;
-    if keyset {
-        qb.push(" AND (u.created, u.id) >= (SELECT u.created, u.id");
-        push_from_where(&mut qb, tenant, q)?;
-        qb.push(" ORDER BY u.created, u.id OFFSET ");
-        qb.push_bind(offset);
-        qb.push(" LIMIT 1)");
-    }
-    qb.push(" ORDER BY ");
-    if let Some(sort) = &q.sort_by {
-        qb.push(sort_expr(sort)?);
-        qb.push(if q.descending {
-            " DESC NULLS LAST, "
-        } else {
-            " ASC NULLS LAST, "
-        });
-    }
-    qb.push("u.created, u.id LIMIT ");
-    qb.push_bind(q.count as i64);
-    if !keyset {
-        qb.push(" OFFSET ");
-        qb.push_bind(offset);
-    }
-    Ok(qb)
+    Ok(super::filter_sql::page_query(
+        prefix,
+        user_columns!(),
+        tenant,
+        q,
+    )?)
 }
 
 impl PgStore {

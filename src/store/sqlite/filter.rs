@@ -20,7 +20,10 @@ use super::users::format_micros;
 use crate::scim::ScimError;
 use crate::scim::filter::{AttrPath, CompareOp, Filter};
 use crate::scim::schema::{self, AttrDef, AttrRef, AttrType, Container};
-use crate::store::filter_sql::{Dialect, Literal, Source, lit, push_filter_as, sort_expr_as};
+use crate::store::ListQuery;
+use crate::store::filter_sql::{
+    Dialect, Literal, Source, count_query_as, lit, page_query_as, push_filter_as, sort_expr_as,
+};
 
 /// Lower-case as PostgreSQL's lower() does under a UTF-8 libc locale: character by
 /// character, each to its simple lower-case mapping ("ÅNGSTRÖM" -> "ångström", "ẞ" ->
@@ -103,6 +106,25 @@ pub fn push_filter(qb: &mut QueryBuilder<Sqlite>, f: &Filter) -> Result<(), Scim
 /// The SQLite ORDER BY expression for `sortBy`: NULL when the user has no value.
 pub fn sort_expr(path: &AttrPath) -> Result<String, ScimError> {
     sort_expr_as::<SqliteDialect>(path)
+}
+
+/// The SQLite `count(*)` of a list.
+pub fn count_query(
+    prefix: &'static str,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<QueryBuilder<Sqlite>, ScimError> {
+    count_query_as::<SqliteDialect>(prefix, tenant, q)
+}
+
+/// One SQLite page of a list.
+pub fn page_query(
+    prefix: &'static str,
+    columns: &'static str,
+    tenant: &str,
+    q: &ListQuery,
+) -> Result<QueryBuilder<Sqlite>, ScimError> {
+    page_query_as::<SqliteDialect>(prefix, columns, tenant, q)
 }
 
 /// SQLite over the comparison document `u.search`, with JSON paths.
@@ -219,6 +241,14 @@ impl Dialect for SqliteDialect {
     /// from its index, like the GIN index on PostgreSQL. `likelihood` tells the planner
     /// the test is selective: without it SQLite walked the whole tenant in created order
     /// for the page (100 ms at 100,000 users instead of 0.15 ms).
+    fn push_text(qb: &mut QueryBuilder<Sqlite>, value: String) {
+        qb.push_bind(value);
+    }
+
+    fn push_int(qb: &mut QueryBuilder<Sqlite>, value: i64) {
+        qb.push_bind(value);
+    }
+
     fn push_email_key(qb: &mut QueryBuilder<Sqlite>, value: &str) {
         qb.push("likelihood(u.id IN (SELECT user_id FROM user_emails WHERE value_key = ");
         qb.push_bind(fold_case(value));

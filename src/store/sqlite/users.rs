@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::MIGRATOR;
-use super::filter::{fold_case, push_filter, search_document, sort_expr};
+use super::filter::{fold_case, search_document};
 use super::outbox::{PendingPassword, insert_pending, mark_pending, rearm_if_dead};
 use crate::scim::resource::{StoredUser, UserInput};
 use crate::store::password::PasswordCipher;
@@ -125,61 +125,17 @@ const DELETE_SQL: &str = "
 UPDATE users SET deleted_at = ?3, version = ?4, last_modified = ?3
 WHERE tenant_id = ?1 AND id = ?2";
 
-/// `FROM ... WHERE` of a list: the tenant's live users matching the filter.
-fn push_from_where(qb: &mut QueryBuilder<Sqlite>, tenant: &str, q: &ListQuery) -> Result<()> {
-    qb.push(" FROM users u WHERE u.tenant_id = ");
-    qb.push_bind(tenant.to_string());
-    qb.push(" AND u.deleted_at IS NULL");
-    if let Some(f) = &q.filter {
-        qb.push(" AND ");
-        push_filter(qb, f)?;
-    }
-    Ok(())
-}
-
 fn count_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Sqlite>> {
-    let mut qb = QueryBuilder::new(prefix);
-    qb.push("SELECT count(*)");
-    push_from_where(&mut qb, tenant, q)?;
-    Ok(qb)
+    Ok(super::filter::count_query(prefix, tenant, q)?)
 }
 
-/// One page of users in a stable order: the sort key (absent values last), then
-/// (created, id).
 fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Sqlite>> {
-    let mut qb = QueryBuilder::new(prefix);
-    qb.push(concat!("SELECT ", user_columns!()));
-    push_from_where(&mut qb, tenant, q)?;
-    let offset = i64::try_from(q.start_index.saturating_sub(1)).unwrap_or(i64::MAX);
-    // SQLite reads a negative LIMIT as "no limit": keep it in range.
-    let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
-    // In the default order a deep page starts from the key of its first row, found by
-    // walking the (tenant, created, id) index alone, instead of reading and dropping
-    // every earlier user whole.
-    let keyset = q.sort_by.is_none() && offset > 0;
-    if keyset {
-        qb.push(" AND (u.created, u.id) >= (SELECT u.created, u.id");
-        push_from_where(&mut qb, tenant, q)?;
-        qb.push(" ORDER BY u.created, u.id LIMIT 1 OFFSET ");
-        qb.push_bind(offset);
-        qb.push(")");
-    }
-    qb.push(" ORDER BY ");
-    if let Some(sort) = &q.sort_by {
-        qb.push(sort_expr(sort)?);
-        qb.push(if q.descending {
-            " DESC NULLS LAST, "
-        } else {
-            " ASC NULLS LAST, "
-        });
-    }
-    qb.push("u.created, u.id LIMIT ");
-    qb.push_bind(limit);
-    if !keyset {
-        qb.push(" OFFSET ");
-        qb.push_bind(offset);
-    }
-    Ok(qb)
+    Ok(super::filter::page_query(
+        prefix,
+        user_columns!(),
+        tenant,
+        q,
+    )?)
 }
 
 async fn fetch_live(
