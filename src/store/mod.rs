@@ -148,6 +148,22 @@ pub fn is_transient_sqlstate(code: &str) -> bool {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Ready as far as the schema goes: every migration of `migrator` is among `applied`
+/// (the versions the database recorded as done). The message says how many are not.
+pub(crate) fn all_applied(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[i64],
+) -> Result<(), String> {
+    let missing = migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .count();
+    if missing > 0 {
+        return Err(format!("{missing} migration(s) not applied"));
+    }
+    Ok(())
+}
+
 /// Computes a user's next state from its current one, or `None` for "no change".
 /// It may be called more than once when writers race.
 pub type Change<'a> =

@@ -395,13 +395,6 @@ impl UserStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| format!("the database does not answer: {e}"))?;
-        let missing = MIGRATOR
-            .iter()
-            .filter(|m| !applied.contains(&m.version))
-            .count();
-        if missing > 0 {
-            return Err(format!("{missing} migration(s) not applied"));
-        }
-        Ok(())
+        super::all_applied(&MIGRATOR, &applied)
     }
 }

@@ -26,10 +26,31 @@ impl PgSessionStore {
             owner: owner.to_string(),
         }
     }
+}
 
-    fn aad(&self) -> Vec<u8> {
-        format!("ameyo-session:{}", self.tenant).into_bytes()
-    }
+/// What binds a sealed session to its tenant, in every store.
+fn aad(tenant: &str) -> Vec<u8> {
+    format!("ameyo-session:{tenant}").into_bytes()
+}
+
+/// Seal a tenant's session for storing.
+pub(crate) fn seal(cipher: &PasswordCipher, tenant: &str, session: &SecretString) -> Vec<u8> {
+    cipher.seal(&aad(tenant), session)
+}
+
+/// A stored session row (sealed session, generation) as [`SessionStore::load`] returns
+/// it. The cipher opens sessions sealed under the current key or a previous one; one
+/// sealed with a key no longer configured is as good as none: log in afresh.
+pub(crate) fn opened(
+    cipher: &PasswordCipher,
+    tenant: &str,
+    row: Option<(Option<Vec<u8>>, i64)>,
+) -> (Option<SecretString>, u64) {
+    let Some((sealed, generation)) = row else {
+        return (None, 0);
+    };
+    let id = sealed.and_then(|s| cipher.open(&aad(tenant), &s).ok());
+    (id, generation.max(0) as u64)
 }
 
 const LOAD_SQL: &str = "SELECT sealed, generation FROM ameyo_sessions WHERE tenant_id = $1";
@@ -64,13 +85,7 @@ impl SessionStore for PgSessionStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
-        let Some((sealed, generation)) = row else {
-            return Ok((None, 0));
-        };
-        // The cipher opens sessions sealed under the current key or a previous one. One
-        // sealed with a key no longer configured is as good as none: log in afresh.
-        let id = sealed.and_then(|s| self.cipher.open(&self.aad(), &s).ok());
-        Ok((id, generation.max(0) as u64))
+        Ok(opened(&self.cipher, &self.tenant, row))
     }
 
     async fn begin_login(&self, seen: u64) -> Result<bool, String> {
@@ -88,7 +103,7 @@ impl SessionStore for PgSessionStore {
         let generation: Option<i64> = sqlx::query_scalar(PUBLISH_SQL)
             .bind(&self.tenant)
             .bind(&self.owner)
-            .bind(self.cipher.seal(&self.aad(), session))
+            .bind(seal(&self.cipher, &self.tenant, session))
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| e.to_string())?;

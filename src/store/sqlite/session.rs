@@ -27,12 +27,6 @@ impl SqliteSessionStore {
             owner: owner.to_string(),
         }
     }
-
-    /// The same associated data as PostgreSQL's, so a sealed session reads the same in
-    /// either store.
-    fn aad(&self) -> Vec<u8> {
-        format!("ameyo-session:{}", self.tenant).into_bytes()
-    }
 }
 
 const LOAD_SQL: &str = "SELECT sealed, generation FROM ameyo_sessions WHERE tenant_id = ?1";
@@ -80,13 +74,11 @@ impl SessionStore for SqliteSessionStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
-        let Some((sealed, generation)) = row else {
-            return Ok((None, 0));
-        };
-        // A session sealed with a key no longer configured is as good as none: log in
-        // afresh.
-        let id = sealed.and_then(|s| self.cipher.open(&self.aad(), &s).ok());
-        Ok((id, generation.max(0) as u64))
+        Ok(crate::store::session::opened(
+            &self.cipher,
+            &self.tenant,
+            row,
+        ))
     }
 
     async fn begin_login(&self, seen: u64) -> Result<bool, String> {
@@ -104,7 +96,11 @@ impl SessionStore for SqliteSessionStore {
         let generation: Option<i64> = sqlx::query_scalar(PUBLISH_SQL)
             .bind(&self.tenant)
             .bind(&self.owner)
-            .bind(self.cipher.seal(&self.aad(), session))
+            .bind(crate::store::session::seal(
+                &self.cipher,
+                &self.tenant,
+                session,
+            ))
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
