@@ -243,7 +243,7 @@ pub async fn reconcile(
                 continue;
             }
         };
-        let mut mapped = mapper.map(&resource, &id);
+        let mut mapped = mapper.map(&resource, &u.groups, &id);
         if !u.active {
             mapped.mapping_user_id = None;
         }

@@ -451,14 +451,23 @@ pub enum UserIdTransform {
     EmailLocalPart,
 }
 
-/// `when` an attribute matches a regular expression, `then` these Ameyo fields.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// When a user's attribute matches a regular expression, or the user is a member of a
+/// group, these Ameyo fields. A rule names either `attribute` and `matches`, or `group`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingRule {
-    /// A SCIM attribute path: `title`, `userType`, `urn:...:enterprise:2.0:User:department`.
-    pub attribute: String,
+    /// A SCIM attribute path: `title`, `userType`, `roles`,
+    /// `urn:...:enterprise:2.0:User:department`. For a multi-valued attribute (`roles`,
+    /// `emails`) the rule matches when any of its values matches.
+    #[serde(default)]
+    pub attribute: Option<String>,
     /// A regular expression, matched against the attribute's value (`(?i)` for any case).
-    pub matches: String,
+    #[serde(default)]
+    pub matches: Option<String>,
+    /// A group the user is a direct member of, named by its displayName or its
+    /// externalId (compared case-insensitively).
+    #[serde(default)]
+    pub group: Option<String>,
     #[serde(default)]
     pub user_type: Option<String>,
     #[serde(default)]

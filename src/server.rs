@@ -65,8 +65,7 @@ pub async fn serve_with_listener(
         }
         None => None,
     };
-    let state =
-        AppState::new(&settings, &tenants, backend.users.clone()).map_err(anyhow::Error::msg)?;
+    let state = AppState::new(&settings, &tenants, &backend).map_err(anyhow::Error::msg)?;
     let app = router(
         state,
         Duration::from_secs(settings.server.request_timeout_secs),

@@ -90,6 +90,91 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Every value a rule can match: each element of a multi-valued attribute (a
+    /// sub-attribute of it, or its `value`), else the one value. Entra ID may send a
+    /// role as a JSON-encoded object; its `value` and `displayName` count too.
+    fn values(&self, resource: &Map<String, Value>) -> Vec<String> {
+        let Source::Attr(attr, sub) = self else {
+            return self.get(resource).into_iter().collect();
+        };
+        let Some(Value::Array(items)) = attr
+            .container
+            .object(resource)
+            .and_then(|c| c.get(attr.attr.name))
+        else {
+            return self.get(resource).into_iter().collect();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let v = match sub {
+                Some(s) => item.get(s.name),
+                None => item.get("value").or(Some(item)),
+            };
+            let Some(text) = v.and_then(scalar_text) else {
+                continue;
+            };
+            if let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(&text) {
+                for key in ["value", "displayName", "display"] {
+                    if let Some(t) = inner.get(key).and_then(scalar_text) {
+                        out.push(t);
+                    }
+                }
+            }
+            out.push(text);
+        }
+        out
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    (!text.trim().is_empty()).then_some(text)
+}
+
+/// A group a user is a direct member of, as the mapping rules see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupKey {
+    pub display_name: String,
+    pub external_id: Option<String>,
+}
+
+impl GroupKey {
+    fn is(&self, name_lower: &str) -> bool {
+        self.display_name.to_lowercase() == name_lower
+            || self
+                .external_id
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase() == name_lower)
+    }
+}
+
+/// Which setting gave an Ameyo field its value, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The user's own Ameyo extension attribute.
+    Extension,
+    /// `rules[i]`, with what it matched on.
+    Rule(usize, String),
+    /// The tenant's default.
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Extension => f.write_str("the user's Ameyo extension"),
+            Origin::Rule(i, what) => write!(f, "rules[{i}] ({what})"),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
 fn work_email(resource: &Map<String, Value>) -> Option<String> {
     let emails = resource.get("emails")?.as_array()?;
     let is_work = |e: &&Value| {
@@ -108,10 +193,34 @@ fn work_email(resource: &Map<String, Value>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What a rule matches on.
+#[derive(Debug)]
+enum When {
+    /// Any value of the attribute matches the expression.
+    Attr(Source, Regex, String),
+    /// A group the user is a member of has this displayName or externalId (lower case).
+    Group(String),
+}
+
+impl When {
+    fn holds(&self, resource: &Map<String, Value>, groups: &[GroupKey]) -> bool {
+        match self {
+            When::Attr(source, re, _) => source.values(resource).iter().any(|v| re.is_match(v)),
+            When::Group(name) => groups.iter().any(|g| g.is(name)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            When::Attr(_, re, attr) => format!("{attr} matches {:?}", re.as_str()),
+            When::Group(name) => format!("member of group {name:?}"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Rule {
-    source: Source,
-    matches: Regex,
+    when: When,
     user_type: Option<String>,
     login_policy: Option<String>,
     max_allowed_logins: Option<i64>,
@@ -278,9 +387,40 @@ impl Mapper {
                     )));
                 }
             }
+            let when = match (&r.attribute, &r.matches, &r.group) {
+                (Some(a), Some(m), None) => When::Attr(
+                    Source::parse(a).map_err(ctx)?,
+                    Regex::new(m).map_err(|e| ctx(format!("matches: {e}")))?,
+                    a.clone(),
+                ),
+                (None, None, Some(g)) if !g.trim().is_empty() => When::Group(g.to_lowercase()),
+                (None, None, Some(_)) => return Err(ctx("group is empty".into())),
+                (Some(_), None, None) => return Err(ctx("attribute needs matches".into())),
+                (None, Some(_), None) => return Err(ctx("matches needs attribute".into())),
+                (None, None, None) => {
+                    return Err(ctx("name either attribute and matches, or group".into()));
+                }
+                _ => {
+                    return Err(ctx(
+                        "name either attribute and matches, or group, not both".into()
+                    ));
+                }
+            };
+            if r.user_type.is_none()
+                && r.login_policy.is_none()
+                && r.max_allowed_logins.is_none()
+                && r.default_ready.is_none()
+                && r.contact_center_id.is_none()
+            {
+                return Err(ctx(
+                    "sets no field (user_type, login_policy, max_allowed_logins, default_ready, contact_center_id)".into(),
+                ));
+            }
+            if r.max_allowed_logins.is_some_and(|n| n < 1) {
+                return Err(ctx("max_allowed_logins must be at least 1".into()));
+            }
             rules.push(Rule {
-                source: Source::parse(&r.attribute).map_err(ctx)?,
-                matches: Regex::new(&r.matches).map_err(|e| ctx(format!("matches: {e}")))?,
+                when,
                 user_type,
                 login_policy: r
                     .login_policy
@@ -374,41 +514,103 @@ impl Mapper {
     }
 
     /// Map a resource. `user_id` is the Ameyo userId, fixed once the user exists.
-    pub fn map(&self, resource: &Map<String, Value>, user_id: &str) -> AmeyoUser {
-        let ext = resource.get(AMEYO_USER).and_then(Value::as_object);
-        let ext_str = |k: &str| {
-            ext.and_then(|e| e.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_string)
+    /// Whether a membership of this group can change what a user maps to: some rule
+    /// names it by its displayName or its externalId.
+    pub fn watches_group(&self, display_name: &str, external_id: Option<&str>) -> bool {
+        let key = GroupKey {
+            display_name: display_name.to_string(),
+            external_id: external_id.map(str::to_string),
         };
-        let ext_i64 = |k: &str| ext.and_then(|e| e.get(k)).and_then(Value::as_i64);
-        let ext_bool = |k: &str| ext.and_then(|e| e.get(k)).and_then(Value::as_bool);
-        let matching: Vec<&Rule> = self
+        self.rules
+            .iter()
+            .any(|r| matches!(&r.when, When::Group(name) if key.is(name)))
+    }
+
+    /// Whether any rule matches on group membership.
+    pub fn has_group_rules(&self) -> bool {
+        self.rules.iter().any(|r| matches!(r.when, When::Group(_)))
+    }
+
+    pub fn map(
+        &self,
+        resource: &Map<String, Value>,
+        groups: &[GroupKey],
+        user_id: &str,
+    ) -> AmeyoUser {
+        self.explain(resource, groups, user_id).0
+    }
+
+    /// The mapped user, and for each role field which setting gave its value.
+    pub fn explain(
+        &self,
+        resource: &Map<String, Value>,
+        groups: &[GroupKey],
+        user_id: &str,
+    ) -> (AmeyoUser, Vec<(&'static str, Origin)>) {
+        let ext = resource.get(AMEYO_USER).and_then(Value::as_object);
+        let matching: Vec<(usize, &Rule)> = self
             .rules
             .iter()
-            .filter(|r| {
-                r.source
-                    .get(resource)
-                    .is_some_and(|v| r.matches.is_match(&v))
-            })
+            .enumerate()
+            .filter(|(_, r)| r.when.holds(resource, groups))
             .collect();
-        // For each field: the user's own Ameyo extension, else the first matching rule
-        // that sets it, else the tenant default.
-        let user_type = ext_str("userType")
-            .or_else(|| matching.iter().find_map(|r| r.user_type.clone()))
-            .unwrap_or_else(|| self.default_user_type.clone());
-        let login_policy = ext_str("loginPolicy")
-            .or_else(|| matching.iter().find_map(|r| r.login_policy.clone()))
-            .or_else(|| self.default_login_policy.clone());
-        let max_allowed_logins = ext_i64("maxAllowedLogins")
-            .or_else(|| matching.iter().find_map(|r| r.max_allowed_logins))
-            .or(self.default_max_allowed_logins);
-        let default_ready = ext_bool("defaultReady")
-            .or_else(|| matching.iter().find_map(|r| r.default_ready))
-            .unwrap_or(self.default_ready);
-        let contact_center_id = ext_i64("contactCenterId")
-            .or_else(|| matching.iter().find_map(|r| r.contact_center_id))
-            .unwrap_or(self.contact_center_id);
+        let mut origins = Vec::new();
+        // The user's extension, else the first matching rule that sets the field, else
+        // the default.
+        let mut pick = |field: &'static str,
+                        own: Option<Value>,
+                        rule: &dyn Fn(&Rule) -> Option<Value>|
+         -> Option<Value> {
+            if let Some(v) = own {
+                origins.push((field, Origin::Extension));
+                return Some(v);
+            }
+            if let Some((i, r, v)) = matching
+                .iter()
+                .find_map(|(i, r)| rule(r).map(|v| (*i, *r, v)))
+            {
+                origins.push((field, Origin::Rule(i, r.when.describe())));
+                return Some(v);
+            }
+            origins.push((field, Origin::Default));
+            None
+        };
+        let ext_get = |k: &str| ext.and_then(|e| e.get(k)).cloned();
+        let user_type = pick(
+            "userType",
+            ext_get("userType").filter(Value::is_string),
+            &|r| r.user_type.clone().map(Value::from),
+        )
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| self.default_user_type.clone());
+        let login_policy = pick(
+            "loginPolicy",
+            ext_get("loginPolicy").filter(Value::is_string),
+            &|r| r.login_policy.clone().map(Value::from),
+        )
+        .and_then(|v| v.as_str().map(str::to_string))
+        .or_else(|| self.default_login_policy.clone());
+        let max_allowed_logins = pick(
+            "maxAllowedLogins",
+            ext_get("maxAllowedLogins").filter(|v| v.as_i64().is_some()),
+            &|r| r.max_allowed_logins.map(Value::from),
+        )
+        .and_then(|v| v.as_i64())
+        .or(self.default_max_allowed_logins);
+        let default_ready = pick(
+            "defaultReady",
+            ext_get("defaultReady").filter(Value::is_boolean),
+            &|r| r.default_ready.map(Value::from),
+        )
+        .and_then(|v| v.as_bool())
+        .unwrap_or(self.default_ready);
+        let contact_center_id = pick(
+            "contactCenterId",
+            ext_get("contactCenterId").filter(|v| v.as_i64().is_some()),
+            &|r| r.contact_center_id.map(Value::from),
+        )
+        .and_then(|v| v.as_i64())
+        .unwrap_or(self.contact_center_id);
 
         let scim_user_name = resource
             .get("userName")
@@ -436,7 +638,7 @@ impl Mapper {
             .unwrap_or_else(|| scim_user_name.clone());
         let mapping_user_id = work_email(resource).or(Some(scim_user_name));
 
-        AmeyoUser {
+        let user = AmeyoUser {
             user_id: user_id.to_string(),
             user_name,
             system_user_type: user_type.clone(),
@@ -447,7 +649,8 @@ impl Mapper {
             max_allowed_logins,
             mapping_user_id,
             description: self.description.as_ref().and_then(|d| d.get(resource)),
-        }
+        };
+        (user, origins)
     }
 }
 
@@ -516,7 +719,7 @@ mod tests {
         let m = mapper(|_| {});
         let id = m.user_id(&r).unwrap();
         assert_eq!(id, "Ann.Lee@Example.com");
-        let u = m.map(&r, &id);
+        let u = m.map(&r, &[], &id);
         assert_eq!(u.user_name, "Ann Lee");
         assert_eq!(u.mapping_user_id.as_deref(), Some("ann@work.example"));
         assert_eq!(u.user_type, "Agent");
@@ -554,8 +757,9 @@ mod tests {
             s.default_max_allowed_logins = Some(1);
             s.rules = vec![
                 MappingRule {
-                    attribute: "title".into(),
-                    matches: "(?i)supervisor".into(),
+                    attribute: Some("title".into()),
+                    matches: Some("(?i)supervisor".into()),
+                    group: None,
                     user_type: Some("supervisor".into()),
                     login_policy: None,
                     max_allowed_logins: Some(3),
@@ -563,10 +767,12 @@ mod tests {
                     contact_center_id: None,
                 },
                 MappingRule {
-                    attribute:
+                    attribute: Some(
                         "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"
                             .into(),
-                    matches: "^Sales$".into(),
+                    ),
+                    matches: Some("^Sales$".into()),
+                    group: None,
                     user_type: Some("Executive".into()),
                     login_policy: Some("verify.before.force.login".into()),
                     max_allowed_logins: None,
@@ -579,7 +785,7 @@ mod tests {
             "userName": "s", "title": "Team Supervisor", "displayName": "Sam",
             "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales"}
         }));
-        let u = m.map(&r, "s");
+        let u = m.map(&r, &[], "s");
         assert_eq!(u.user_type, "Supervisor", "first matching rule wins");
         assert_eq!(u.max_allowed_logins, Some(3));
         assert_eq!(u.login_policy.as_deref(), Some("verify.before.force.login"));
@@ -594,7 +800,7 @@ mod tests {
         let r = resource(
             json!({"userName": "s", "title": "Supervisor", AMEYO_USER: {"userType": "Analyst", "maxAllowedLogins": 5}}),
         );
-        let u = m.map(&r, "s");
+        let u = m.map(&r, &[], "s");
         assert_eq!(u.user_type, "Analyst");
         assert_eq!(u.max_allowed_logins, Some(5));
         assert_eq!(update_body(&u, None)["maxAllowedLogins"], json!(5));
@@ -619,8 +825,9 @@ mod tests {
 
     fn rule(user_type: Option<&str>, contact_center_id: Option<i64>) -> MappingRule {
         MappingRule {
-            attribute: "title".into(),
-            matches: "(?i)lead".into(),
+            attribute: Some("title".into()),
+            matches: Some("(?i)lead".into()),
+            group: None,
             user_type: user_type.map(str::to_string),
             login_policy: None,
             max_allowed_logins: None,
@@ -660,13 +867,17 @@ mod tests {
         );
         // A contact center a rule names is allowed by default, for that rule's users.
         let m = mapper(|s| s.rules = vec![rule(Some("Supervisor"), Some(9))]);
-        let lead = m.map(&resource(json!({"userName": "l", "title": "Lead"})), "l");
+        let lead = m.map(
+            &resource(json!({"userName": "l", "title": "Lead"})),
+            &[],
+            "l",
+        );
         assert_eq!(
             (lead.user_type.as_str(), lead.contact_center_id),
             ("Supervisor", 9)
         );
         assert_eq!(m.check(&lead), Ok(()));
-        let plain = m.map(&resource(json!({"userName": "p"})), "p");
+        let plain = m.map(&resource(json!({"userName": "p"})), &[], "p");
         assert_eq!(m.check(&plain), Ok(()));
     }
 
@@ -675,6 +886,7 @@ mod tests {
         let m = mapper(|_| {});
         let admin = m.map(
             &resource(json!({"userName": "a", AMEYO_USER: {"userType": "Administrator"}})),
+            &[],
             "a",
         );
         assert_eq!(
@@ -688,13 +900,14 @@ mod tests {
         );
         let elsewhere = m.map(
             &resource(json!({"userName": "e", AMEYO_USER: {"contactCenterId": 99}})),
+            &[],
             "e",
         );
         assert_eq!(
             m.check(&elsewhere).unwrap_err().0,
             "contactCenterId 99 is not allowed for this tenant (allowed_contact_center_ids: 7)"
         );
-        let mut odd = m.map(&resource(json!({"userName": "o"})), "o");
+        let mut odd = m.map(&resource(json!({"userName": "o"})), &[], "o");
         assert_eq!(m.check(&odd), Ok(()));
         odd.system_user_type = "Administrator".into();
         assert!(
@@ -718,12 +931,13 @@ mod tests {
             "canonical, once each"
         );
         let admin = m.map(
-            &resource(json!({"userName": "a", AMEYO_USER: {"userType": "Administrator", "contactCenterId": 8}})),
+            &resource(json!({"userName": "a", AMEYO_USER: {"userType": "Administrator", "contactCenterId": 8}})), &[],
             "a",
         );
         assert_eq!(m.check(&admin), Ok(()));
         let sup = m.map(
             &resource(json!({"userName": "s", AMEYO_USER: {"userType": "Supervisor"}})),
+            &[],
             "s",
         );
         assert!(m.check(&sup).unwrap_err().0.contains(
@@ -731,6 +945,7 @@ mod tests {
         ));
         let nine = m.map(
             &resource(json!({"userName": "n", AMEYO_USER: {"contactCenterId": 9}})),
+            &[],
             "n",
         );
         assert!(

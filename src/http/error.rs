@@ -53,6 +53,10 @@ impl From<StoreError> for ApiError {
             StoreError::UserNameTaken => {
                 ScimError::uniqueness("a user with this userName already exists").into()
             }
+            StoreError::GroupNotFound => ScimError::not_found("no group with that id").into(),
+            StoreError::DisplayNameTaken => {
+                ScimError::uniqueness("a group with this displayName already exists").into()
+            }
             StoreError::PreconditionFailed => ScimError::precondition_failed().into(),
             StoreError::Rejected(e) => e.into(),
             StoreError::Unavailable(source) => {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+mod groups;
 pub mod observe;
 mod users;
 
@@ -18,10 +19,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde_json::Value;
 
+use crate::ameyo::mapping::Mapper;
 use crate::config::{ScimSettings, Settings};
 use crate::scim::discovery;
 use crate::scim::{ScimError, schema};
 use crate::store::UserStore;
+use crate::store::backend::Backend;
+use crate::store::groups::GroupStore;
 use auth::{Authenticator, Tenant};
 use error::{ApiError, ApiResult, SCIM_JSON};
 
@@ -33,6 +37,9 @@ pub struct AppState {
 
 struct Inner {
     store: Arc<dyn UserStore>,
+    groups: Arc<dyn GroupStore>,
+    /// Each tenant's mapping, for which groups its rules look at.
+    mappers: std::collections::HashMap<String, Arc<Mapper>>,
     auth: Authenticator,
     scim: ScimSettings,
     public_url: Option<String>,
@@ -44,11 +51,16 @@ impl AppState {
     pub fn new(
         settings: &Settings,
         tenants: &[Arc<crate::tenants::Tenant>],
-        store: Arc<dyn UserStore>,
+        backend: &Backend,
     ) -> Result<Self, String> {
         Ok(Self {
             inner: Arc::new(Inner {
-                store,
+                store: backend.users.clone(),
+                groups: backend.groups.clone(),
+                mappers: tenants
+                    .iter()
+                    .map(|t| (t.id.clone(), t.mapper.clone()))
+                    .collect(),
                 auth: Authenticator::from_tenants(tenants)?,
                 scim: settings.scim.clone(),
                 public_url: settings
@@ -62,6 +74,20 @@ impl AppState {
 
     fn store(&self) -> &dyn UserStore {
         self.inner.store.as_ref()
+    }
+
+    fn groups(&self) -> &dyn GroupStore {
+        self.inner.groups.as_ref()
+    }
+
+    /// Whether `tenant`'s mapping rules look at a group (by displayName, externalId).
+    fn watched(&self, tenant: &str) -> impl Fn(&str, Option<&str>) -> bool + Send + Sync + use<> {
+        let mapper = self.inner.mappers.get(tenant).cloned();
+        move |name: &str, external_id: Option<&str>| {
+            mapper
+                .as_ref()
+                .is_some_and(|m| m.watches_group(name, external_id))
+        }
     }
 
     /// The absolute URL of `/scim/v2`, for `meta.location` and `Location`.
@@ -86,8 +112,17 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let scim = Router::new()
         .route("/Users", get(users::list).post(users::create))
         .route("/Users/.search", post(users::search))
-        // Root search (RFC 7644 §3.4.3): Users are our only resource type.
+        // Root search (RFC 7644 §3.4.3) searches Users: the resource IdPs look up.
         .route("/.search", post(users::search))
+        .route("/Groups", get(groups::list).post(groups::create))
+        .route("/Groups/.search", post(groups::search))
+        .route(
+            "/Groups/{id}",
+            get(groups::get_one)
+                .put(groups::replace)
+                .patch(groups::patch)
+                .delete(groups::delete),
+        )
         .route(
             "/Users/{id}",
             get(users::get_one)
@@ -306,7 +341,10 @@ async fn resource_types(State(state): State<AppState>, headers: HeaderMap) -> Re
     let base = state.base_url(&headers);
     scim_json(
         StatusCode::OK,
-        &list_response(vec![discovery::user_resource_type(&base)]),
+        &list_response(vec![
+            discovery::user_resource_type(&base),
+            discovery::group_resource_type(&base),
+        ]),
     )
 }
 
@@ -315,13 +353,13 @@ async fn resource_type(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult<Response> {
-    if id != "User" {
-        return Err(ScimError::not_found("no such resource type").into());
-    }
-    Ok(scim_json(
-        StatusCode::OK,
-        &discovery::user_resource_type(&state.base_url(&headers)),
-    ))
+    let base = state.base_url(&headers);
+    let body = match id.as_str() {
+        "User" => discovery::user_resource_type(&base),
+        "Group" => discovery::group_resource_type(&base),
+        _ => return Err(ScimError::not_found("no such resource type").into()),
+    };
+    Ok(scim_json(StatusCode::OK, &body))
 }
 
 async fn schemas(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -16,18 +16,18 @@ use crate::store::{Change, IfMatch, ListQuery};
 
 /// The query parameters SCIM defines, by name, case-insensitively.
 #[derive(Default)]
-struct Params {
-    filter: Option<String>,
-    start_index: Option<String>,
-    count: Option<String>,
-    sort_by: Option<String>,
-    sort_order: Option<String>,
-    attributes: Option<String>,
-    excluded: Option<String>,
+pub(super) struct Params {
+    pub filter: Option<String>,
+    pub start_index: Option<String>,
+    pub count: Option<String>,
+    pub sort_by: Option<String>,
+    pub sort_order: Option<String>,
+    pub attributes: Option<String>,
+    pub excluded: Option<String>,
 }
 
 impl Params {
-    fn parse(raw: Option<&str>) -> Self {
+    pub fn parse(raw: Option<&str>) -> Self {
         let mut p = Params::default();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             let slot = match k.to_ascii_lowercase().as_str() {
@@ -69,7 +69,7 @@ fn user_response(
     resp
 }
 
-fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+pub(super) fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
     headers
         .get(header::IF_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -133,14 +133,25 @@ pub async fn get_one(
     ))
 }
 
-/// The list request shared by `GET /Users` and `POST /Users/.search`.
-struct ListRequest {
-    filter: Option<String>,
-    start_index: Option<i64>,
-    count: Option<i64>,
-    sort_by: Option<String>,
-    sort_order: Option<String>,
-    projection: Projection,
+/// The list request shared by `GET` of a collection and `POST .../.search`.
+pub(super) struct ListRequest {
+    pub filter: Option<String>,
+    pub start_index: Option<i64>,
+    pub count: Option<i64>,
+    pub sort_by: Option<String>,
+    pub sort_order: Option<String>,
+}
+
+impl ListRequest {
+    pub fn from_params(p: Params) -> Result<Self, ScimError> {
+        Ok(ListRequest {
+            start_index: parse_int("startIndex", p.start_index.as_deref())?,
+            count: parse_int("count", p.count.as_deref())?,
+            filter: p.filter,
+            sort_by: p.sort_by,
+            sort_order: p.sort_order,
+        })
+    }
 }
 
 fn parse_int(name: &str, v: Option<&str>) -> Result<Option<i64>, ScimError> {
@@ -159,25 +170,19 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let p = Params::parse(query.as_deref());
-    let req = ListRequest {
-        start_index: parse_int("startIndex", p.start_index.as_deref())?,
-        count: parse_int("count", p.count.as_deref())?,
-        projection: p.projection()?,
-        filter: p.filter,
-        sort_by: p.sort_by,
-        sort_order: p.sort_order,
-    };
-    run_list(&state, &tenant, &headers, req).await
+    let projection = p.projection()?;
+    let req = ListRequest::from_params(p)?;
+    run_list(&state, &tenant, &headers, req, projection).await
 }
 
-pub async fn search(
-    State(state): State<AppState>,
-    tenant: TenantExt,
-    headers: HeaderMap,
-    ScimBody(body): ScimBody,
-) -> ApiResult<Response> {
+/// A SearchRequest body (RFC 7644 §3.4.3): the list request and the attribute lists.
+pub(super) fn search_request(
+    body: Value,
+) -> Result<(ListRequest, Vec<String>, Vec<String>), ScimError> {
     let Value::Object(mut obj) = body else {
-        return Err(ScimError::invalid_syntax("the request body must be a JSON object").into());
+        return Err(ScimError::invalid_syntax(
+            "the request body must be a JSON object",
+        ));
     };
     let mut take = |name: &str| -> Option<Value> {
         let key = obj.keys().find(|k| k.eq_ignore_ascii_case(name))?.clone();
@@ -229,9 +234,48 @@ pub async fn search(
         count: int("count", take("count"))?,
         sort_by: string("sortBy", take("sortBy"))?,
         sort_order: string("sortOrder", take("sortOrder"))?,
-        projection: Projection::from_lists(&attributes, &excluded)?,
     };
-    run_list(&state, &tenant, &headers, req).await
+    Ok((req, attributes, excluded))
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    tenant: TenantExt,
+    headers: HeaderMap,
+    ScimBody(body): ScimBody,
+) -> ApiResult<Response> {
+    let (req, attributes, excluded) = search_request(body)?;
+    let projection = Projection::from_lists(&attributes, &excluded)?;
+    run_list(&state, &tenant, &headers, req, projection).await
+}
+
+/// Sort order, startIndex and count of a list request, within the configured bounds.
+pub(super) fn list_bounds(
+    state: &AppState,
+    req: &ListRequest,
+) -> Result<(bool, u64, u64), ScimError> {
+    let settings = &state.inner.scim;
+    let descending = match req
+        .sort_order
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("ascending") => false,
+        Some("descending") => true,
+        Some(_) => {
+            return Err(ScimError::invalid_value(
+                "sortOrder must be ascending or descending",
+            ));
+        }
+    };
+    // RFC 7644 §3.4.2.4: startIndex below 1 means 1; a negative count means 0.
+    let start_index = req.start_index.unwrap_or(1).max(1) as u64;
+    let count = req
+        .count
+        .unwrap_or(settings.default_page_size as i64)
+        .clamp(0, settings.max_page_size as i64) as u64;
+    Ok((descending, start_index, count))
 }
 
 async fn run_list(
@@ -239,8 +283,8 @@ async fn run_list(
     tenant: &TenantExt,
     headers: &HeaderMap,
     req: ListRequest,
+    projection: Projection,
 ) -> ApiResult<Response> {
-    let settings = &state.inner.scim;
     let filter = req.filter.as_deref().map(filter::parse).transpose()?;
     let sort_by = req
         .sort_by
@@ -253,26 +297,7 @@ async fn run_list(
                 })
         })
         .transpose()?;
-    let descending = match req
-        .sort_order
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("ascending") => false,
-        Some("descending") => true,
-        Some(_) => {
-            return Err(
-                ScimError::invalid_value("sortOrder must be ascending or descending").into(),
-            );
-        }
-    };
-    // RFC 7644 §3.4.2.4: startIndex below 1 means 1; a negative count means 0.
-    let start_index = req.start_index.unwrap_or(1).max(1) as u64;
-    let count = req
-        .count
-        .unwrap_or(settings.default_page_size as i64)
-        .clamp(0, settings.max_page_size as i64) as u64;
+    let (descending, start_index, count) = list_bounds(state, &req)?;
     let query = ListQuery {
         filter,
         sort_by,
@@ -285,7 +310,7 @@ async fn run_list(
     let resources: Vec<Value> = page
         .users
         .iter()
-        .map(|u| Value::Object(req.projection.apply(resource::render(u, &base))))
+        .map(|u| Value::Object(projection.apply(resource::render(u, &base))))
         .collect();
     let mut body = Map::new();
     body.insert("schemas".into(), serde_json::json!([schema::LIST_RESPONSE]));

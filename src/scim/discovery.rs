@@ -84,6 +84,20 @@ pub fn user_resource_type(base: &str) -> Value {
     })
 }
 
+/// The Group resource type.
+pub fn group_resource_type(base: &str) -> Value {
+    json!({
+        "schemas": [RESOURCE_TYPE],
+        "id": "Group",
+        "name": "Group",
+        "endpoint": "/Groups",
+        "description": "Group",
+        "schema": schema::GROUP,
+        "schemaExtensions": [],
+        "meta": {"resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/Group")},
+    })
+}
+
 /// ServiceProviderConfig (RFC 7643 §5).
 pub fn service_provider_config(base: &str, max_results: usize) -> Value {
     json!({

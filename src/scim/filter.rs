@@ -108,14 +108,26 @@ pub enum Filter {
     ValuePath(AttrRef, Box<Filter>),
 }
 
-/// Parse and resolve a filter.
+/// How attribute names are resolved: against the User schema or the Group schema.
+pub type Resolver = fn(&str) -> Option<(AttrRef, Option<&'static AttrDef>)>;
+
+/// Parse and resolve a filter over Users.
 pub fn parse(input: &str) -> Result<Filter> {
+    parse_with(input, schema::resolve)
+}
+
+/// Parse and resolve a filter over Groups.
+pub fn parse_group(input: &str) -> Result<Filter> {
+    parse_with(input, schema::resolve_group)
+}
+
+fn parse_with(input: &str, resolve: Resolver) -> Result<Filter> {
     if input.len() > MAX_FILTER_LEN {
         return Err(ScimError::invalid_filter(format!(
             "filter is longer than {MAX_FILTER_LEN} bytes"
         )));
     }
-    let mut p = Parser::new(lex(input).map_err(ScimError::invalid_filter)?);
+    let mut p = Parser::new(lex(input).map_err(ScimError::invalid_filter)?, resolve);
     let f = p.filter(None).map_err(ScimError::invalid_filter)?;
     if let Some(t) = p.peek() {
         return Err(ScimError::invalid_filter(format!(
@@ -140,8 +152,17 @@ pub enum PatchPath {
     },
 }
 
-/// Parse a PATCH path (RFC 7644 §3.5.2: `attrPath / valuePath [subAttr]`).
+/// Parse a PATCH path of a User (RFC 7644 §3.5.2: `attrPath / valuePath [subAttr]`).
 pub fn parse_patch_path(input: &str) -> Result<PatchPath> {
+    parse_patch_path_with(input, schema::resolve, true)
+}
+
+/// Parse a PATCH path of a Group (`members`, `members[value eq "..."]`, `displayName`).
+pub fn parse_group_patch_path(input: &str) -> Result<PatchPath> {
+    parse_patch_path_with(input, schema::resolve_group, false)
+}
+
+fn parse_patch_path_with(input: &str, resolve: Resolver, extensions: bool) -> Result<PatchPath> {
     let input = input.trim();
     if input.is_empty() {
         return Err(ScimError::invalid_path("path is empty"));
@@ -151,10 +172,10 @@ pub fn parse_patch_path(input: &str) -> Result<PatchPath> {
             "path is longer than {MAX_FILTER_LEN} bytes"
         )));
     }
-    if let Some(ext) = schema::extension(input) {
+    if extensions && let Some(ext) = schema::extension(input) {
         return Ok(PatchPath::Extension(ext));
     }
-    let mut p = Parser::new(lex(input).map_err(ScimError::invalid_path)?);
+    let mut p = Parser::new(lex(input).map_err(ScimError::invalid_path)?, resolve);
     let path = p.patch_path().map_err(ScimError::invalid_path)?;
     if let Some(t) = p.peek() {
         return Err(ScimError::invalid_path(format!(
@@ -266,6 +287,7 @@ fn lex(input: &str) -> std::result::Result<Vec<Token>, String> {
 }
 
 struct Parser {
+    resolve: Resolver,
     tokens: Vec<Token>,
     pos: usize,
     depth: usize,
@@ -275,8 +297,9 @@ struct Parser {
 type PResult<T> = std::result::Result<T, String>;
 
 impl Parser {
-    fn new(tokens: Vec<Token>) -> Self {
+    fn new(tokens: Vec<Token>, resolve: Resolver) -> Self {
         Self {
+            resolve,
             tokens,
             pos: 0,
             depth: 0,
@@ -377,7 +400,7 @@ impl Parser {
             }
             return self.value_path(&name);
         }
-        let path = resolve_path(&name, parent)?;
+        let path = resolve_path(self.resolve, &name, parent)?;
         self.comparison(path)
     }
 
@@ -417,6 +440,16 @@ impl Parser {
             }
             None => return Err(format!("expected a value after '{}'", op.as_str())),
         };
+        // Entra ID writes booleans as strings: `roles[primary eq "True"].value`.
+        let value = match value {
+            CompValue::Str(s)
+                if path.leaf().ty == AttrType::Boolean
+                    && (s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false")) =>
+            {
+                CompValue::Bool(s.eq_ignore_ascii_case("true"))
+            }
+            other => other,
+        };
         check_comparison(&path, op, &value)?;
         Ok(Filter::Compare(path, op, value))
     }
@@ -425,7 +458,7 @@ impl Parser {
     /// `emails[type eq "work"].value eq "a@b.c"`, read as
     /// `emails[type eq "work" and value eq "a@b.c"]`.
     fn value_path(&mut self, name: &str) -> PResult<Filter> {
-        let (attr, sub) = schema::resolve(name).ok_or_else(|| unknown_attr(name))?;
+        let (attr, sub) = (self.resolve)(name).ok_or_else(|| unknown_attr(name))?;
         if sub.is_some() || attr.attr.ty != AttrType::Complex || !attr.attr.multi_valued {
             return Err(format!(
                 "'{name}' is not a multi-valued complex attribute and takes no value filter"
@@ -467,14 +500,14 @@ impl Parser {
             None => return Err("path is empty".into()),
         };
         if !matches!(self.peek(), Some(Token::LBracket)) {
-            let path = resolve_path(&name, None)?;
+            let path = resolve_path(self.resolve, &name, None)?;
             return Ok(PatchPath::Attr {
                 attr: path.attr,
                 filter: None,
                 sub: path.sub,
             });
         }
-        let (attr, sub) = schema::resolve(&name).ok_or_else(|| unknown_attr(&name))?;
+        let (attr, sub) = (self.resolve)(&name).ok_or_else(|| unknown_attr(&name))?;
         if sub.is_some() || attr.attr.ty != AttrType::Complex || !attr.attr.multi_valued {
             return Err(format!(
                 "'{name}' is not a multi-valued complex attribute and takes no value filter"
@@ -510,12 +543,12 @@ fn unknown_attr(name: &str) -> String {
 }
 
 /// Resolve a name at top level, or inside a value filter relative to `parent`.
-fn resolve_path(name: &str, parent: Option<AttrRef>) -> PResult<AttrPath> {
+fn resolve_path(resolve: Resolver, name: &str, parent: Option<AttrRef>) -> PResult<AttrPath> {
     if let Some(parent) = parent {
         // Inside `emails[...]` names are the element's sub-attributes; a fully
         // qualified `emails.type` is accepted too.
         let sub = parent.attr.sub_attr(name).or_else(|| {
-            schema::resolve(name)
+            resolve(name)
                 .filter(|(a, _)| *a == parent)
                 .and_then(|(_, s)| s)
         });
@@ -526,7 +559,7 @@ fn resolve_path(name: &str, parent: Option<AttrRef>) -> PResult<AttrPath> {
             })
             .ok_or_else(|| unknown_attr(name));
     }
-    let (attr, sub) = schema::resolve(name).ok_or_else(|| unknown_attr(name))?;
+    let (attr, sub) = resolve(name).ok_or_else(|| unknown_attr(name))?;
     Ok(AttrPath { attr, sub })
 }
 

@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod error;
 pub mod filter;
+pub mod group;
 pub mod patch;
 pub mod projection;
 pub mod resource;

@@ -33,6 +33,50 @@ pub struct PatchOp {
 
 /// Parse a PatchOp request body.
 pub fn parse_request(body: Value) -> Result<Vec<PatchOp>> {
+    let ops = envelope(body)?;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        parse_op(op, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// One operation as sent: its kind, its path unparsed, its value.
+#[derive(Debug, Clone)]
+pub struct RawOp {
+    pub kind: OpKind,
+    pub path: Option<String>,
+    pub value: Option<Value>,
+}
+
+/// Parse a PatchOp request body whose paths the caller resolves (a Group's).
+pub fn parse_request_ops(body: Value) -> Result<Vec<RawOp>> {
+    envelope(body)?
+        .into_iter()
+        .map(|op| {
+            let Value::Object(mut op) = op else {
+                return Err(ScimError::invalid_syntax(
+                    "each operation must be an object",
+                ));
+            };
+            let kind = op_kind(&mut op)?;
+            let path = match field(&mut op, "path") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.trim().is_empty() => None,
+                Some(Value::String(s)) => Some(s),
+                Some(_) => return Err(ScimError::invalid_path("path must be a string")),
+            };
+            Ok(RawOp {
+                kind,
+                path,
+                value: field(&mut op, "value"),
+            })
+        })
+        .collect()
+}
+
+/// The operations of a PatchOp request, checked for the envelope's rules.
+fn envelope(body: Value) -> Result<Vec<Value>> {
     let Value::Object(mut obj) = body else {
         return Err(ScimError::invalid_syntax(
             "the request body must be a JSON object",
@@ -68,16 +112,25 @@ pub fn parse_request(body: Value) -> Result<Vec<PatchOp>> {
             format!("a PATCH request may hold at most {MAX_OPERATIONS} operations"),
         ));
     }
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        parse_op(op, &mut out)?;
-    }
-    Ok(out)
+    Ok(ops)
 }
 
 fn field(obj: &mut Map<String, Value>, name: &str) -> Option<Value> {
     let key = obj.keys().find(|k| k.eq_ignore_ascii_case(name))?.clone();
     obj.remove(&key)
+}
+
+fn op_kind(op: &mut Map<String, Value>) -> Result<OpKind> {
+    match field(op, "op") {
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("add") => Ok(OpKind::Add),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("replace") => Ok(OpKind::Replace),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("remove") => Ok(OpKind::Remove),
+        Some(other) => Err(ScimError::invalid_syntax(format!(
+            "unknown op {}: expected add, replace or remove",
+            other.to_string().chars().take(64).collect::<String>()
+        ))),
+        None => Err(ScimError::invalid_syntax("an operation has no 'op'")),
+    }
 }
 
 fn parse_op(op: Value, out: &mut Vec<PatchOp>) -> Result<()> {
@@ -86,18 +139,7 @@ fn parse_op(op: Value, out: &mut Vec<PatchOp>) -> Result<()> {
             "each operation must be an object",
         ));
     };
-    let kind = match field(&mut op, "op") {
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("add") => OpKind::Add,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("replace") => OpKind::Replace,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("remove") => OpKind::Remove,
-        Some(other) => {
-            return Err(ScimError::invalid_syntax(format!(
-                "unknown op {}: expected add, replace or remove",
-                other.to_string().chars().take(64).collect::<String>()
-            )));
-        }
-        None => return Err(ScimError::invalid_syntax("an operation has no 'op'")),
-    };
+    let kind = op_kind(&mut op)?;
     let path = match field(&mut op, "path") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,

@@ -370,9 +370,42 @@ pub struct StoredUser {
     pub version: i64,
     pub created: DateTime<Utc>,
     pub last_modified: DateTime<Utc>,
+    /// The groups the user is a direct member of (its read-only `groups` attribute).
+    pub groups: Vec<UserGroup>,
+}
+
+/// One of a user's groups.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct UserGroup {
+    #[serde(rename = "value")]
+    pub id: Uuid,
+    pub display: String,
+    #[serde(rename = "externalId", default)]
+    pub external_id: Option<String>,
+}
+
+impl UserGroup {
+    /// Parse the JSON array a store aggregates (`value`, `display`, `externalId`),
+    /// ordered by display name then id.
+    pub fn parse_list(v: Value) -> Vec<UserGroup> {
+        let mut groups: Vec<UserGroup> = serde_json::from_value(v).unwrap_or_default();
+        groups.sort_by(|a, b| a.display.cmp(&b.display).then(a.id.cmp(&b.id)));
+        groups
+    }
 }
 
 impl StoredUser {
+    /// The user's groups as the mapping rules see them.
+    pub fn group_keys(&self) -> Vec<crate::ameyo::mapping::GroupKey> {
+        self.groups
+            .iter()
+            .map(|g| crate::ameyo::mapping::GroupKey {
+                display_name: g.display.clone(),
+                external_id: g.external_id.clone(),
+            })
+            .collect()
+    }
+
     /// The weak entity tag of this version.
     pub fn etag(&self) -> String {
         etag(self.version)
@@ -400,6 +433,21 @@ pub fn render(user: &StoredUser, base: &str) -> Map<String, Value> {
     out.insert("id".into(), Value::String(user.id.to_string()));
     for (k, v) in &user.resource {
         out.insert(k.clone(), v.clone());
+    }
+    if !user.groups.is_empty() {
+        let groups = user
+            .groups
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "value": g.id.to_string(),
+                    "$ref": format!("{base}/Groups/{}", g.id),
+                    "display": g.display,
+                    "type": "direct",
+                })
+            })
+            .collect();
+        out.insert("groups".into(), Value::Array(groups));
     }
     let location = format!("{base}/Users/{}", user.id);
     out.insert(
@@ -560,6 +608,7 @@ mod tests {
             version: 3,
             created: now,
             last_modified: now,
+            groups: vec![],
         };
         let r = render(&stored, "http://h/scim/v2");
         assert_eq!(r["schemas"], json!([USER, AMEYO_USER]));

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 /// The core User schema URN.
 pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 /// The enterprise User extension URN.
+pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 /// Our extension with the Ameyo fields an IdP may set per user.
 pub const AMEYO_USER: &str = "urn:ietf:params:scim:schemas:extension:ameyo:2.0:User";
@@ -236,6 +237,41 @@ const GROUP_SUBS: &[AttrDef] = &[
     string("type", "A label indicating the attribute's function.")
         .canonical(&["direct", "indirect"])
         .read_only(),
+];
+
+const MEMBER_SUBS: &[AttrDef] = &[
+    string("value", "Identifier of the member of this Group.").required(),
+    attr(
+        "$ref",
+        AttrType::Reference,
+        "The URI corresponding to a SCIM resource that is a member of this Group.",
+    )
+    .refs(&["User"]),
+    string(
+        "display",
+        "A human-readable name, primarily used for display purposes.",
+    )
+    .read_only(),
+    string(
+        "type",
+        "A label indicating the type of resource, e.g., 'User'.",
+    )
+    .canonical(&["User"])
+    .read_only(),
+];
+
+/// The core Group schema (RFC 7643 §4.2, §8.7.1). Members are Users only.
+pub const GROUP_ATTRS: &[AttrDef] = &[
+    string("displayName", "A human-readable name for the Group.")
+        .required()
+        .server_unique(),
+    attr(
+        "members",
+        AttrType::Complex,
+        "A list of members of the Group.",
+    )
+    .multi()
+    .sub(MEMBER_SUBS),
 ];
 
 /// The core User schema (RFC 7643 §4.1, §8.7.1).
@@ -511,6 +547,12 @@ pub static AMEYO_SCHEMA: SchemaDef = SchemaDef {
     description: "Ameyo contact-center settings for a User",
     attributes: AMEYO_ATTRS,
 };
+pub static GROUP_SCHEMA: SchemaDef = SchemaDef {
+    id: GROUP,
+    name: "Group",
+    description: "Group",
+    attributes: GROUP_ATTRS,
+};
 pub static COMMON_SCHEMA: SchemaDef = SchemaDef {
     id: "",
     name: "Common",
@@ -521,7 +563,12 @@ pub static COMMON_SCHEMA: SchemaDef = SchemaDef {
 /// The User schema extensions, in the order they are listed in `schemas`.
 pub static EXTENSIONS: [&SchemaDef; 2] = [&ENTERPRISE_SCHEMA, &AMEYO_SCHEMA];
 /// Every published schema.
-pub static PUBLISHED: [&SchemaDef; 3] = [&USER_SCHEMA, &ENTERPRISE_SCHEMA, &AMEYO_SCHEMA];
+pub static PUBLISHED: [&SchemaDef; 4] = [
+    &USER_SCHEMA,
+    &GROUP_SCHEMA,
+    &ENTERPRISE_SCHEMA,
+    &AMEYO_SCHEMA,
+];
 
 /// An extension schema by URN, case-insensitively.
 pub fn extension(urn: &str) -> Option<&'static SchemaDef> {
@@ -643,6 +690,37 @@ fn lookup_unqualified(name: &str) -> Option<AttrRef> {
 /// Split a possibly URN-qualified path into its container and the rest. `Some(None, _)`:
 /// not qualified. `None`: qualified with a schema we do not know.
 #[allow(clippy::type_complexity)]
+/// Resolve an attribute name of a Group (`displayName`, `members.value`, `externalId`,
+/// `meta.created`, optionally prefixed with the Group schema's URN), any case.
+pub fn resolve_group(path: &str) -> Option<(AttrRef, Option<&'static AttrDef>)> {
+    let rest = match path.get(..GROUP.len()) {
+        Some(p) if p.eq_ignore_ascii_case(GROUP) => path[GROUP.len()..].strip_prefix(':')?,
+        _ if path
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("urn:")) =>
+        {
+            return None;
+        }
+        _ => path,
+    };
+    let (name, sub) = match rest.split_once('.') {
+        Some((n, s)) => (n, Some(s)),
+        None => (rest, None),
+    };
+    let attr = find(GROUP_ATTRS, name).or_else(|| find(COMMON_ATTRS, name))?;
+    let sub = match sub {
+        Some(s) => Some(attr.sub_attr(s)?),
+        None => None,
+    };
+    Some((
+        AttrRef {
+            container: Container::Core,
+            attr,
+        },
+        sub,
+    ))
+}
+
 fn split_urn(path: &str) -> Option<(Option<Container>, &str)> {
     if !path
         .get(..4)

@@ -10,12 +10,14 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 
 use super::UserStore;
+use super::groups::{GroupStore, PgGroupStore};
 use super::lock::StoreLock;
 use super::outbox::{Outbox, PgOutbox};
 use super::password::PasswordCipher;
 use super::postgres::{PgStore, connect_lazy};
 use super::session::PgSessionStore;
 use super::sqlite::SqliteStore;
+use super::sqlite::groups::SqliteGroupStore;
 use super::sqlite::outbox::SqliteOutbox;
 use super::sqlite::session::SqliteSessionStore;
 use crate::ameyo::client::SessionStore;
@@ -32,6 +34,7 @@ pub enum Db {
 #[derive(Clone)]
 pub struct Backend {
     pub users: Arc<dyn UserStore>,
+    pub groups: Arc<dyn GroupStore>,
     pub outbox: Arc<dyn Outbox>,
     pub cipher: PasswordCipher,
     pub db: Db,
@@ -141,6 +144,7 @@ impl Backend {
     pub fn postgres(pool: sqlx::PgPool, cipher: PasswordCipher) -> Self {
         Self {
             users: Arc::new(PgStore::new(pool.clone(), cipher.clone())),
+            groups: Arc::new(PgGroupStore::new(pool.clone())),
             outbox: Arc::new(PgOutbox::new(pool.clone())),
             cipher,
             db: Db::Postgres(pool),
@@ -155,9 +159,13 @@ impl Backend {
         let outbox = SqliteOutbox::new(pool.clone()).with_write_lock(write.clone());
         let users = SqliteStore::new(pool.clone(), cipher.clone())
             .with_wakeup(outbox.wakeup())
+            .with_write_lock(write.clone());
+        let groups = SqliteGroupStore::new(pool.clone())
+            .with_wakeup(outbox.wakeup())
             .with_write_lock(write);
         Self {
             users: Arc::new(users),
+            groups: Arc::new(groups),
             outbox: Arc::new(outbox),
             cipher,
             db: Db::Sqlite(pool),

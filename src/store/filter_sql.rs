@@ -93,6 +93,11 @@ pub(crate) trait Dialect {
     /// An index-backed test for "has this e-mail value"; the exact test always follows
     /// it, so it only narrows the rows the database looks at.
     fn push_email_key(qb: &mut QueryBuilder<Self::Db>, value: &str);
+    /// A row source `e` over the user's group memberships, each element an object with
+    /// `value` (the group id), `display` (its displayName) and `type` ("direct").
+    fn group_elements() -> String;
+    /// Binds a group id as `group_members.group_id` holds it.
+    fn push_group_id(qb: &mut QueryBuilder<Self::Db>, id: Uuid);
     /// Binds a text value (the tenant id).
     fn push_text(qb: &mut QueryBuilder<Self::Db>, value: String);
     /// Binds an integer (a limit or an offset).
@@ -262,14 +267,40 @@ fn push_email_prefilter<D: Dialect>(qb: &mut QueryBuilder<D::Db>, attr: AttrRef,
             _ => {}
         }
     }
+    let mut values = Vec::new();
+    eq_values(inner, &mut values);
+    if is_groups(attr) {
+        for v in values {
+            push_group_key::<D>(qb, v);
+            qb.push(" AND ");
+        }
+        return;
+    }
     if !is_emails(attr) {
         return;
     }
-    let mut values = Vec::new();
-    eq_values(inner, &mut values);
     for v in values {
         D::push_email_key(qb, v);
         qb.push(" AND ");
+    }
+}
+
+fn is_groups(attr: AttrRef) -> bool {
+    attr.container == Container::Core && attr.attr.name == "groups"
+}
+
+/// An index-backed test for "is a member of this group": the user's id among the
+/// group's member rows (no group when the value is not an id).
+fn push_group_key<D: Dialect>(qb: &mut QueryBuilder<D::Db>, value: &str) {
+    match Uuid::parse_str(value.trim()) {
+        Ok(id) => {
+            qb.push("u.id IN (SELECT gk.user_id FROM group_members gk WHERE gk.group_id = ");
+            D::push_group_id(qb, id);
+            qb.push(")");
+        }
+        Err(_) => {
+            qb.push("FALSE");
+        }
     }
 }
 
@@ -281,7 +312,11 @@ fn is_emails(attr: AttrRef) -> bool {
 fn push_exists_open<D: Dialect>(qb: &mut QueryBuilder<D::Db>, attr: AttrRef) {
     qb.push(format!(
         "EXISTS (SELECT 1 FROM {} WHERE ",
-        D::elements(attr)
+        if is_groups(attr) {
+            D::group_elements()
+        } else {
+            D::elements(attr)
+        }
     ));
 }
 
@@ -340,7 +375,11 @@ fn push_top<D: Dialect>(
         (None, _) => None,
     };
     if cmp.is_none() && path.sub.is_none() {
-        qb.push(format!("({})", D::has_key(attr)));
+        if is_groups(attr) {
+            qb.push(format!("EXISTS (SELECT 1 FROM {})", D::group_elements()));
+        } else {
+            qb.push(format!("({})", D::has_key(attr)));
+        }
         return Ok(());
     }
     let Some(elem_attr) = elem_attr else {
@@ -356,6 +395,18 @@ fn push_top<D: Dialect>(
         }
         other => (false, other),
     };
+    if let Some((CompareOp::Eq, CompValue::Str(s))) = cmp
+        && !negate
+        && is_groups(attr)
+        && elem_attr.name == "value"
+    {
+        qb.push("(");
+        push_group_key::<D>(qb, s);
+        qb.push(" AND ");
+        push_exists::<D>(qb, attr, elem_attr, cmp)?;
+        qb.push(")");
+        return Ok(());
+    }
     if let Some((CompareOp::Eq, CompValue::Str(s))) = cmp
         && !negate
         && is_emails(attr)
@@ -565,7 +616,7 @@ pub fn page_query(
 
 /// PostgreSQL over the jsonb `u.resource`. A caseExact=false string compares lower()ed
 /// on both sides, the form the userName index is built on.
-struct PgDialect;
+pub(crate) struct PgDialect;
 
 /// The jsonb expression of an attribute's container.
 fn container_expr(c: Container) -> String {
@@ -690,6 +741,18 @@ impl Dialect for PgDialect {
     }
 
     /// The GIN index on `scim_email_values(resource)` answers e-mail equality.
+    fn group_elements() -> String {
+        "(SELECT jsonb_build_object('value', g.id::text, 'display', g.display_name,
+                                    'type', 'direct') AS v
+          FROM group_members gm JOIN groups g ON g.id = gm.group_id
+          WHERE gm.user_id = u.id) AS e"
+            .into()
+    }
+
+    fn push_group_id(qb: &mut QueryBuilder<Postgres>, id: Uuid) {
+        qb.push_bind(id);
+    }
+
     fn push_text(qb: &mut QueryBuilder<Postgres>, value: String) {
         qb.push_bind(value);
     }

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod filter_sql;
+pub mod groups;
 pub mod lock;
 pub mod outbox;
 #[cfg(test)]
@@ -80,6 +81,10 @@ pub enum StoreError {
     NotFound,
     #[error("userName is already taken in this tenant")]
     UserNameTaken,
+    #[error("no such group")]
+    GroupNotFound,
+    #[error("displayName is already taken in this tenant")]
+    DisplayNameTaken,
     #[error("If-Match does not match the current version")]
     PreconditionFailed,
     /// The change itself was refused (a PATCH that does not apply, say).

@@ -38,6 +38,10 @@ macro_rules! mark_pending {
             concat!("coalesce(", $p, "::bytea, sync_state.pending_password)"),
             concat!("CASE WHEN ", $p, "::bytea IS NULL THEN sync_state.password_version ELSE u.version END"))
     };
+    (keep_password) => {
+        $crate::store::outbox::mark_pending!(@
+            "sync_state.pending_password", "sync_state.password_version")
+    };
     (erase_password) => {
         $crate::store::outbox::mark_pending!(@ "NULL", "NULL")
     };
@@ -105,6 +109,8 @@ pub struct Claimed {
     pub link: Link,
     /// The SCIM resource as stored.
     pub resource: Value,
+    /// The groups the user is a direct member of, for group mapping rules.
+    pub groups: Vec<crate::ameyo::mapping::GroupKey>,
     pub version: i64,
     pub active: bool,
     pub deleted: bool,
@@ -127,6 +133,7 @@ struct ClaimedRow {
     ameyo_locked: bool,
     last_pushed: Option<Value>,
     resource: Value,
+    groups: Value,
     version: i64,
     active: bool,
     deleted: bool,
@@ -150,6 +157,7 @@ impl From<ClaimedRow> for Claimed {
                 last_pushed: r.last_pushed,
             },
             resource: r.resource,
+            groups: serde_json::from_value(r.groups).unwrap_or_default(),
             version: r.version,
             active: r.active,
             deleted: r.deleted,
@@ -241,6 +249,9 @@ pub struct LinkedUser {
     pub active: bool,
     pub resource: Value,
     pub ameyo_user_id: Option<String>,
+    /// The user's groups (`display_name`, `external_id` objects), for group rules.
+    #[sqlx(json)]
+    pub groups: Vec<crate::ameyo::mapping::GroupKey>,
 }
 
 /// One outbox row whole, as `migrate-store` moves it between stores. A lease means
@@ -529,7 +540,12 @@ WHERE s.user_id = due.user_id AND u.id = s.user_id
 RETURNING s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
           s.create_attempted, s.intended_user_id, s.ameyo_user_id, s.cc_user_id,
           s.ameyo_locked, s.last_pushed, u.resource, u.version, u.active,
-          (u.deleted_at IS NOT NULL) AS deleted, due.last_changed";
+          (u.deleted_at IS NOT NULL) AS deleted, due.last_changed,
+          (SELECT coalesce(jsonb_agg(jsonb_build_object('display_name', g.display_name,
+                                                        'external_id', g.external_id)),
+                           '[]'::jsonb)
+           FROM group_members gm JOIN groups g ON g.id = gm.group_id
+           WHERE gm.user_id = u.id) AS groups";
 
 const CLAIM_USER_ID_SQL: &str = "
 UPDATE sync_state SET create_attempted = true, intended_user_id = $3, ameyo_server = $4,
@@ -681,7 +697,12 @@ UPDATE sync_state SET ameyo_user_id = NULL, cc_user_id = NULL, ameyo_server = NU
 WHERE user_id = ANY($1)";
 
 const LINKED_USERS_SQL: &str = "
-SELECT u.id, u.user_name, u.active, u.resource, s.ameyo_user_id
+SELECT u.id, u.user_name, u.active, u.resource, s.ameyo_user_id,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('display_name', g.display_name,
+                                                     'external_id', g.external_id)),
+                        '[]'::jsonb)
+        FROM group_members gm JOIN groups g ON g.id = gm.group_id
+        WHERE gm.user_id = u.id) AS groups
 FROM users u JOIN sync_state s ON s.user_id = u.id
 WHERE u.tenant_id = $1 AND u.deleted_at IS NULL ORDER BY u.user_name";
 

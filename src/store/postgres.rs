@@ -16,7 +16,7 @@ use super::outbox::{Outbox, PgOutbox, SyncCount};
 use super::password::PasswordCipher;
 use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
 use crate::config::DatabaseSettings;
-use crate::scim::resource::{StoredUser, UserInput};
+use crate::scim::resource::{StoredUser, UserGroup, UserInput};
 
 /// The unique index behind SCIM's `uniqueness` error for userName.
 const USER_NAME_KEY: &str = "users_tenant_user_name_key";
@@ -107,7 +107,12 @@ impl PgStore {
 /// compile time (sqlx accepts only static SQL without an explicit audit).
 macro_rules! user_columns {
     () => {
-        "u.id, u.resource, u.version, u.created, u.last_modified, u.active"
+        "u.id, u.resource, u.version, u.created, u.last_modified, u.active,
+         (SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name,
+                                                       'externalId', g.external_id)),
+                          '[]'::jsonb)
+          FROM group_members gm JOIN groups g ON g.id = gm.group_id
+          WHERE gm.user_id = u.id) AS groups"
     };
 }
 
@@ -156,13 +161,15 @@ const DELETE_SQL: &str = concat!(
         UPDATE users SET deleted_at = now(), version = version + 1, last_modified = now()
         WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
           AND ($3::bigint[] IS NULL OR version = ANY($3))
-        RETURNING *), ",
+        RETURNING *),
+     -- Gone from every group, in the same statement.
+     gm AS (DELETE FROM group_members WHERE user_id IN (SELECT id FROM u)), ",
     // A deleted user's password is never delivered: erase it now.
     mark_pending!(erase_password),
     " SELECT count(*) FROM (SELECT pg_notify('ameyo_scim_sync', u.tenant_id) FROM u) AS n"
 );
 
-fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<StoredUser> {
+pub(crate) fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<StoredUser> {
     let resource: Value = row.try_get("resource")?;
     let resource = match resource {
         Value::Object(m) => m,
@@ -175,6 +182,7 @@ fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<StoredUser> {
         active: row.try_get("active")?,
         created: row.try_get::<DateTime<Utc>, _>("created")?,
         last_modified: row.try_get::<DateTime<Utc>, _>("last_modified")?,
+        groups: UserGroup::parse_list(row.try_get("groups")?),
     })
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::ameyo::client::CallError;
-use crate::ameyo::mapping::{AmeyoUser, Mapper};
+use crate::ameyo::mapping::{AmeyoUser, GroupKey, Mapper};
 use crate::config::{OnDeactivate, OnDelete, UpdatePathId};
 use crate::store::outbox::{Link, UserIdClaim};
 
@@ -54,6 +54,8 @@ pub struct Case<'a> {
     pub tenant: &'a str,
     pub target: Target,
     pub resource: &'a Map<String, Value>,
+    /// The groups the user is a direct member of (group mapping rules read them).
+    pub groups: &'a [GroupKey],
     /// An IdP password waits for delivery.
     pub password_pending: bool,
     /// Attempts already made at this version.
@@ -194,7 +196,7 @@ pub fn next(case: &Case, p: &Progress) -> Step {
     if let Some(id) = &p.confirm_absent {
         return Step::Lookup {
             user_id: id.clone(),
-            contact_center_id: m.map(case.resource, id).contact_center_id,
+            contact_center_id: m.map(case.resource, case.groups, id).contact_center_id,
             purpose: Purpose::ConfirmAbsent,
         };
     }
@@ -208,7 +210,7 @@ pub fn next(case: &Case, p: &Progress) -> Step {
             .or_else(|| m.user_id(case.resource).ok());
         if let Some(id) = expected {
             return Step::Lookup {
-                contact_center_id: m.map(case.resource, &id).contact_center_id,
+                contact_center_id: m.map(case.resource, case.groups, &id).contact_center_id,
                 user_id: id,
                 purpose: Purpose::UnconfirmedCreate,
             };
@@ -247,7 +249,7 @@ fn lock(case: &Case, p: &Progress, linked: Option<String>, done: Outcome) -> Ste
     let Some(id) = linked else {
         return Step::Finish(done);
     };
-    let mut locked = case.policy.mapper.map(case.resource, &id);
+    let mut locked = case.policy.mapper.map(case.resource, case.groups, &id);
     locked.mapping_user_id = None;
     if (case.policy.bounds)(&locked).is_err() {
         // The IdP asks for something out of bounds: lock with the fields Ameyo has,
@@ -305,7 +307,7 @@ fn provision(case: &Case, p: &Progress, linked: Option<String>) -> Step {
     if is_login_user(case, &id) {
         return Step::Finish(Outcome::Dead(login_user_reason(&id)));
     }
-    let mapped = m.map(case.resource, &id);
+    let mapped = m.map(case.resource, case.groups, &id);
     if let Err(e) = (case.policy.bounds)(&mapped) {
         return Step::Finish(Outcome::Dead(e));
     }
@@ -450,7 +452,7 @@ fn looked_up(
                 .last_pushed
                 .as_ref()
                 .and_then(|v| serde_json::from_value::<AmeyoUser>(v.clone()).ok());
-            let mapped = case.policy.mapper.map(case.resource, user_id);
+            let mapped = case.policy.mapper.map(case.resource, case.groups, user_id);
             let ours = sent.iter().chain([&mapped]).any(|u| looks_like(&found, u));
             if ours || case.policy.adopt_existing {
                 link_to(p, found);
@@ -681,6 +683,7 @@ mod tests {
             tenant: "a",
             target: s.target,
             resource: &s.resource,
+            groups: &[],
             password_pending: s.password_pending,
             attempts: s.attempts,
             policy: Policy {
@@ -897,7 +900,7 @@ mod tests {
         // Ameyo has.
         s.target = Target::Inactive;
         let mut link = linked("ann@a.example");
-        let before = m.map(&resource("ann@a.example"), "ann@a.example");
+        let before = m.map(&resource("ann@a.example"), &[], "ann@a.example");
         link.last_pushed = Some(snapshot(&before));
         let (steps, outcome, _) = run(&s, &m, link, |_| Answer::Done);
         assert_eq!(kinds(&steps), ["end_sessions", "update"]);
@@ -1105,7 +1108,7 @@ mod tests {
         let m = mapper();
         let s = setup(Target::Active);
         let mut link = linked("ann@a.example");
-        link.last_pushed = Some(snapshot(&m.map(&s.resource, "ann@a.example")));
+        link.last_pushed = Some(snapshot(&m.map(&s.resource, &[], "ann@a.example")));
         let (steps, outcome, _) = run(&s, &m, link, |_| panic!("no call"));
         assert!(steps.is_empty());
         assert_eq!(outcome, Outcome::Synced);

@@ -386,6 +386,7 @@ impl Worker {
                 Target::Inactive
             },
             resource: &resource,
+            groups: &c.groups,
             password_pending: password.is_some(),
             attempts: c.attempts.max(0) as u32,
             policy: Policy {

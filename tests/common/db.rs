@@ -450,6 +450,8 @@ impl Sql {
         json!({
             "users": self.rows("users", "id").await,
             "sync": self.rows("sync_state", "user_id").await,
+            "groups": self.rows("groups", "id").await,
+            "members": self.rows("group_members", "group_id, user_id").await,
         })
     }
 

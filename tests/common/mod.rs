@@ -162,7 +162,7 @@ pub fn app_over(backend: Backend, settings: &Settings, deadline: Duration) -> Te
     ameyo_scim::telemetry::metrics::install();
     let owner = ameyo_scim::sync::this_owner();
     let tenants = ameyo_scim::tenants::build(settings, &backend.sessions(&owner)).expect("tenants");
-    let state = AppState::new(settings, &tenants, backend.users.clone()).expect("state");
+    let state = AppState::new(settings, &tenants, &backend).expect("state");
     TestApp {
         router: router(state, deadline),
         db: Sql::of(&backend),
@@ -199,7 +199,22 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Resp {
+        self.call_with(method, uri, token, body, &[]).await
+    }
+
+    /// [`TestApp::call`] with extra headers (`If-Match`, say).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }

@@ -128,7 +128,7 @@ pub fn page_query(
 }
 
 /// SQLite over the comparison document `u.search`, with JSON paths.
-struct SqliteDialect;
+pub(crate) struct SqliteDialect;
 
 /// The JSON path of an attribute's container.
 fn container_path(c: Container) -> String {
@@ -214,6 +214,20 @@ impl Dialect for SqliteDialect {
     }
 
     /// Ids are stored as lower-case hyphenated UUIDs, as PostgreSQL prints them.
+    /// `display` is the group's folded displayName, as the search document holds the
+    /// user's own case-insensitive strings.
+    fn group_elements() -> String {
+        "(SELECT json_object('value', g.id, 'display', g.display_name_key,
+                             'type', 'direct') AS value
+          FROM group_members gm JOIN groups g ON g.id = gm.group_id
+          WHERE gm.user_id = u.id) AS e"
+            .into()
+    }
+
+    fn push_group_id(qb: &mut QueryBuilder<Sqlite>, id: Uuid) {
+        qb.push_bind(id.to_string());
+    }
+
     fn push_id(qb: &mut QueryBuilder<Sqlite>, id: Uuid) {
         qb.push_bind(id.to_string());
     }

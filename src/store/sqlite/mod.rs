@@ -4,6 +4,7 @@
 //! write survives a crash of the process (and of the machine).
 
 pub mod filter;
+pub mod groups;
 pub mod outbox;
 pub mod session;
 pub mod users;

@@ -471,6 +471,7 @@ impl ClaimedRow {
                 last_pushed: self.last_pushed,
             },
             resource: self.resource,
+            groups: vec![],
             version: self.version,
             active: self.active,
             deleted: self.deleted,
@@ -1043,6 +1044,7 @@ impl Outbox for SqliteOutbox {
                 active: r.active,
                 resource: r.resource,
                 ameyo_user_id: r.ameyo_user_id,
+                groups: vec![],
             })
             .collect())
     }

@@ -77,6 +77,7 @@ fn row_to_user(
         active,
         created: parse_time(&created)?,
         last_modified: parse_time(&last_modified)?,
+        groups: vec![],
     })
 }
 
@@ -246,6 +247,7 @@ impl UserStore for SqliteStore {
             version: 1,
             created: now,
             last_modified: now,
+            groups: vec![],
         })
     }
 
@@ -348,6 +350,7 @@ impl UserStore for SqliteStore {
             version,
             created: current.created,
             last_modified: now,
+            groups: current.groups,
         })
     }
 
