@@ -126,11 +126,44 @@ pub struct UserReport {
     pub tenant: String,
     pub deleted: bool,
     pub resource: Value,
+    /// The groups the user is a direct member of.
+    pub groups: Vec<GroupLine>,
+    /// What the user maps to in Ameyo now, and which setting gave each role field.
+    pub mapping: Option<MappingReport>,
     pub sync: Value,
     pub attempts: Vec<Value>,
 }
 
-pub async fn show(store: &Backend, tenant: &str, id: Uuid) -> anyhow::Result<UserReport> {
+#[derive(Debug, Serialize)]
+pub struct GroupLine {
+    pub id: Uuid,
+    pub display_name: String,
+    pub external_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MappingReport {
+    /// The Ameyo userId the mapping makes, or why none can be made.
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id_error: Option<String>,
+    pub fields: Vec<FieldOrigin>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FieldOrigin {
+    pub field: &'static str,
+    pub value: Value,
+    pub set_by: String,
+}
+
+/// `mapper`: the tenant's mapping, when the configuration knows the tenant.
+pub async fn show(
+    store: &Backend,
+    tenant: &str,
+    id: Uuid,
+    mapper: Option<&crate::ameyo::mapping::Mapper>,
+) -> anyhow::Result<UserReport> {
     let (stored, deleted) = store
         .users
         .read_any(tenant, id)
@@ -138,10 +171,48 @@ pub async fn show(store: &Backend, tenant: &str, id: Uuid) -> anyhow::Result<Use
         .ok_or_else(|| anyhow::anyhow!("no user {id} in tenant {tenant}"))?;
     let sync = store.outbox.row_report(id).await?.unwrap_or(Value::Null);
     let attempts = store.outbox.recent_attempts(id, 20).await?;
+    let mapping = mapper.map(|m| {
+        let keys = stored.group_keys();
+        let user_id = m.user_id(&stored.resource).map_err(|e| e.0);
+        let shown_id = user_id.clone().unwrap_or_default();
+        let (mapped, origins) = m.explain(&stored.resource, &keys, &shown_id);
+        let value_of = |field: &str| -> Value {
+            match field {
+                "userType" => mapped.user_type.clone().into(),
+                "loginPolicy" => mapped.login_policy.clone().into(),
+                "maxAllowedLogins" => mapped.max_allowed_logins.into(),
+                "defaultReady" => mapped.default_ready.into(),
+                "contactCenterId" => mapped.contact_center_id.into(),
+                _ => Value::Null,
+            }
+        };
+        MappingReport {
+            user_id_error: user_id.as_ref().err().cloned(),
+            user_id: user_id.ok(),
+            fields: origins
+                .into_iter()
+                .map(|(field, origin)| FieldOrigin {
+                    field,
+                    value: value_of(field),
+                    set_by: origin.to_string(),
+                })
+                .collect(),
+        }
+    });
     Ok(UserReport {
         tenant: tenant.to_string(),
         deleted,
         resource: Value::Object(render(&stored, "/scim/v2")),
+        groups: stored
+            .groups
+            .iter()
+            .map(|g| GroupLine {
+                id: g.id,
+                display_name: g.display.clone(),
+                external_id: g.external_id.clone(),
+            })
+            .collect(),
+        mapping,
         sync,
         attempts,
     })

@@ -305,7 +305,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(async move {
                 let pool = admin_store(&settings).await?;
                 let (tenant, id) = admin::resolve_user(&pool, tenant.as_deref(), &user).await?;
-                let report = admin::show(&pool, &tenant, id).await?;
+                let tenants = crate::tenants::build(&settings, &|_| None)?;
+                let mapper = tenants
+                    .iter()
+                    .find(|t| t.id == tenant)
+                    .map(|t| t.mapper.clone());
+                let report = admin::show(&pool, &tenant, id, mapper.as_deref()).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
@@ -322,6 +327,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         "\nSCIM resource:\n{}",
                         serde_json::to_string_pretty(&report.resource)?
                     );
+                    println!("\ngroups:");
+                    let rows: Vec<Vec<String>> = report
+                        .groups
+                        .iter()
+                        .map(|g| {
+                            vec![
+                                g.display_name.clone(),
+                                g.external_id.clone().unwrap_or_default(),
+                                g.id.to_string(),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["displayName", "externalId", "id"], &rows);
+                    if let Some(m) = &report.mapping {
+                        match (&m.user_id, &m.user_id_error) {
+                            (Some(id), _) => println!("\nAmeyo role of userId {id}:"),
+                            (None, e) => println!(
+                                "\nAmeyo role (no userId: {}):",
+                                e.as_deref().unwrap_or("unknown")
+                            ),
+                        }
+                        let rows: Vec<Vec<String>> = m
+                            .fields
+                            .iter()
+                            .map(|f| vec![f.field.to_string(), cell(&f.value), f.set_by.clone()])
+                            .collect();
+                        print_table(&["field", "value", "set by"], &rows);
+                    }
                     println!(
                         "\nAmeyo link and delivery:\n{}",
                         serde_json::to_string_pretty(&report.sync)?

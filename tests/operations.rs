@@ -256,6 +256,15 @@ async fn cli_json(config: &std::path::Path, args: &[&str]) -> Value {
 }
 
 fn write_cli_config(db: &TestDb, ameyo_url: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    write_cli_config_with(db, ameyo_url, "")
+}
+
+/// The CLI's configuration, with `extra` appended to tenant `a`'s `[tenants.ameyo]`.
+fn write_cli_config_with(
+    db: &TestDb,
+    ameyo_url: &str,
+    extra: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let url = db.url();
     let dir = common::db::run_dir().join(format!("cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -276,6 +285,7 @@ base_url = "{ameyo_url}"
 contact_center_id = 1
 login_user = "admin"
 login_password = "{AMEYO_ADMIN_PASSWORD}"
+{extra}
 "#,
             digest = ameyo_scim::http::auth::token_digest(TOKEN_A)
         ),
@@ -443,6 +453,98 @@ async fn reconcile_finds_planted_drift_and_fixes_ours(db: TestDb) {
     assert_eq!(r["field_differences"], json!([]));
     // The CLI shared the service's session instead of logging in over it.
     assert_eq!(s.emulator.login_count(), 1);
+}
+
+/// Tenant `a`'s group rules, as the service and the CLI both read them.
+const GROUP_RULES: &str = r#"
+[[tenants.ameyo.mapping.rules]]
+group = "CC Supervisors"
+user_type = "Supervisor"
+max_allowed_logins = 2
+"#;
+
+both_backends!(users_show_and_reconcile_follow_group_roles);
+async fn users_show_and_reconcile_follow_group_roles(db: TestDb) {
+    let s = sync_app_with(&db, Default::default(), |settings| {
+        settings.tenants[0].ameyo.mapping.rules = vec![ameyo_scim::config::MappingRule {
+            group: Some("CC Supervisors".into()),
+            user_type: Some("Supervisor".into()),
+            max_allowed_logins: Some(2),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let id = s.app.create_named("lead@example.com").await;
+    let r = s
+        .app
+        .post(
+            "/scim/v2/Groups",
+            json!({"displayName": "CC Supervisors", "externalId": "sup-1", "members": [{"value": id}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    s.drain(LIMIT).await;
+    assert_eq!(
+        s.ameyo_user("lead@example.com").unwrap()["userType"],
+        json!("Supervisor")
+    );
+    let (config, _dir) = write_cli_config_with(&db, &s.emulator_url(), GROUP_RULES);
+
+    // users show: the groups, and which rule set each Ameyo field.
+    let shown = cli_json(&config, &["users", "show", "lead@example.com"]).await;
+    assert_eq!(shown["groups"][0]["display_name"], json!("CC Supervisors"));
+    assert_eq!(shown["groups"][0]["external_id"], json!("sup-1"));
+    assert_eq!(shown["mapping"]["user_id"], json!("lead@example.com"));
+    let field = |name: &str| {
+        shown["mapping"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == json!(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {shown}"))
+    };
+    assert_eq!(field("userType")["value"], json!("Supervisor"));
+    assert!(
+        field("userType")["set_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("rules[0]"),
+        "{shown}"
+    );
+    assert_eq!(field("maxAllowedLogins")["value"], json!(2));
+    assert_eq!(field("defaultReady")["set_by"], json!("default"));
+    let (ok, table, _) = cli(&config, &["users", "show", "lead@example.com"]).await;
+    assert!(
+        ok && table.contains("CC Supervisors") && table.contains("rules[0]"),
+        "{table}"
+    );
+
+    // Role drift: someone made the supervisor an Agent by hand in Ameyo.
+    let mut edited = s.ameyo_user("lead@example.com").unwrap();
+    edited["userType"] = json!("Agent");
+    edited["systemUserType"] = json!("Agent");
+    s.emulator.add_user(edited);
+    let r = cli_json(&config, &["reconcile", "--tenant", "a"]).await;
+    let drift = r["field_differences"].as_array().unwrap();
+    assert_eq!(drift.len(), 1, "{r}");
+    let fields: Vec<&str> = drift[0]["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"userType"), "{r}");
+    assert_eq!(drift[0]["differences"][0]["ours"], json!("Supervisor"));
+    let r = cli_json(&config, &["reconcile", "--tenant", "a", "--apply"]).await;
+    assert_eq!(r["queued"], json!(1));
+    s.drain(LIMIT).await;
+    assert_eq!(
+        s.ameyo_user("lead@example.com").unwrap()["userType"],
+        json!("Supervisor")
+    );
+    let r = cli_json(&config, &["reconcile", "--tenant", "a"]).await;
+    assert_eq!(r["field_differences"], json!([]));
 }
 
 #[test]

@@ -1006,4 +1006,133 @@ mod tests {
         );
         assert!(Mapper::from_ameyo(&ameyo("")).is_ok());
     }
+
+    fn group(name: &str, ext: Option<&str>) -> GroupKey {
+        GroupKey {
+            display_name: name.into(),
+            external_id: ext.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn group_rules_match_display_name_or_external_id_and_first_wins_per_field() {
+        let m = mapper(|s| {
+            s.rules = vec![
+                MappingRule {
+                    group: Some("CC Supervisors".into()),
+                    user_type: Some("Supervisor".into()),
+                    max_allowed_logins: Some(2),
+                    ..Default::default()
+                },
+                MappingRule {
+                    group: Some("8c1e-quality".into()),
+                    user_type: Some("Analyst".into()),
+                    default_ready: Some(true),
+                    ..Default::default()
+                },
+            ];
+        });
+        let r = resource(json!({"userName": "u"}));
+        let plain = m.map(&r, &[], "u");
+        assert_eq!(plain.user_type, "Agent");
+        let quality = [group("Quality Analysts", Some("8C1E-QUALITY"))];
+        assert_eq!(
+            m.map(&r, &quality, "u").user_type,
+            "Analyst",
+            "by externalId, any case"
+        );
+        let both = [
+            group("Quality Analysts", Some("8c1e-quality")),
+            group("cc supervisors", None),
+        ];
+        let (u, origins) = m.explain(&r, &both, "u");
+        assert_eq!(u.user_type, "Supervisor", "rules[0] wins");
+        assert_eq!(u.max_allowed_logins, Some(2));
+        assert!(u.default_ready, "only rules[1] sets it");
+        let origin = |f: &str| origins.iter().find(|(n, _)| *n == f).unwrap().1.clone();
+        assert!(matches!(origin("userType"), Origin::Rule(0, _)));
+        assert!(matches!(origin("defaultReady"), Origin::Rule(1, _)));
+        assert_eq!(origin("loginPolicy"), Origin::Default);
+        assert!(origin("userType").to_string().contains("cc supervisors"));
+        assert!(m.watches_group("CC SUPERVISORS", None));
+        assert!(m.watches_group("Renamed", Some("8c1e-quality")));
+        assert!(!m.watches_group("Everyone", Some("x")));
+        assert!(m.has_group_rules());
+    }
+
+    #[test]
+    fn multi_valued_attributes_match_any_value_and_json_encoded_roles() {
+        let m = mapper(|s| {
+            s.rules = vec![MappingRule {
+                attribute: Some("roles".into()),
+                matches: Some("^Supervisor$".into()),
+                user_type: Some("Supervisor".into()),
+                ..Default::default()
+            }];
+        });
+        let second = resource(json!({"userName": "u", "roles": [
+            {"value": "Agent", "primary": true}, {"value": "Supervisor"}
+        ]}));
+        assert_eq!(m.map(&second, &[], "u").user_type, "Supervisor");
+        let encoded = resource(json!({"userName": "u", "roles": [
+            {"value": "{\"id\":\"1\",\"value\":\"Supervisor\",\"displayName\":\"Supervisor\"}"}
+        ]}));
+        assert_eq!(m.map(&encoded, &[], "u").user_type, "Supervisor");
+        let none = resource(json!({"userName": "u", "roles": [{"value": "Agent"}]}));
+        assert_eq!(m.map(&none, &[], "u").user_type, "Agent");
+    }
+
+    #[test]
+    fn group_and_attribute_rules_are_checked() {
+        let err = |r: MappingRule| {
+            let mut s = MappingSettings::default();
+            s.rules = vec![r];
+            Mapper::new(&s, 1).unwrap_err()
+        };
+        let sets = |r: MappingRule| MappingRule {
+            user_type: Some("Supervisor".into()),
+            ..r
+        };
+        assert!(
+            err(sets(MappingRule::default())).contains("either attribute and matches, or group")
+        );
+        assert!(
+            err(sets(MappingRule {
+                group: Some("g".into()),
+                attribute: Some("title".into()),
+                matches: Some("x".into()),
+                ..Default::default()
+            }))
+            .contains("not both")
+        );
+        assert!(
+            err(sets(MappingRule {
+                attribute: Some("title".into()),
+                ..Default::default()
+            }))
+            .contains("needs matches")
+        );
+        assert!(
+            err(sets(MappingRule {
+                group: Some("  ".into()),
+                ..Default::default()
+            }))
+            .contains("empty")
+        );
+        assert!(
+            err(MappingRule {
+                group: Some("g".into()),
+                ..Default::default()
+            })
+            .contains("sets no field")
+        );
+        assert!(
+            err(MappingRule {
+                group: Some("g".into()),
+                max_allowed_logins: Some(0),
+                ..Default::default()
+            })
+            .contains("at least 1")
+        );
+    }
 }
