@@ -40,6 +40,10 @@ struct Args {
     /// created, topped up with more (created before the clock starts) if fewer.
     #[arg(long, default_value_t = 2000)]
     deliveries: usize,
+    /// Also measure Groups: a group of every seeded user built and changed 1,000
+    /// members per PATCH, and the re-delivery a watched group's change causes.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    groups: bool,
     /// The store(s) to measure; `both` runs PostgreSQL, then SQLite.
     #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
     store: StoreChoice,
@@ -207,6 +211,10 @@ base_url = "http://{emulator}"
 contact_center_id = 1
 login_user = "admin"
 login_password = "bench"
+[[tenants.ameyo.mapping.rules]]
+group = "CC Supervisors"
+user_type = "Supervisor"
+max_allowed_logins = 2
 "#,
         token_digest(TOKEN)
     ))?)
@@ -320,6 +328,197 @@ struct Report {
     delivery_secs: f64,
     in_ameyo: usize,
     logins: u64,
+    groups: Option<GroupReport>,
+}
+
+/// The Groups scenario: a large group built and changed 1,000 members at a time, and
+/// the re-delivery of the users a watched group's membership change affects.
+struct GroupReport {
+    group_size: usize,
+    rows: Vec<Stats>,
+    /// Members added to the watched group in one PATCH, and its latency.
+    redelivered: usize,
+    patch_ms: f64,
+    /// Until every affected user was in Ameyo with its new role.
+    redelivery_secs: f64,
+    /// Ameyo calls the re-delivery made (one update per affected user, no more).
+    calls: usize,
+    /// Rows an unwatched group's 1,000-member change made pending (none).
+    unwatched_pending: i64,
+}
+
+/// Ids of up to `n` live users of the bench tenant, in creation order.
+async fn user_ids(backend: &Backend, n: usize) -> anyhow::Result<Vec<String>> {
+    let sql = "SELECT id FROM users WHERE tenant_id = 'bench' AND deleted_at IS NULL
+               ORDER BY created, id LIMIT ";
+    Ok(match &backend.db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(format!("{sql}{n}")))
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect()
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("{sql}{n}")))
+                .fetch_all(pool)
+                .await?
+        }
+    })
+}
+
+fn members_patch(add: &[String], remove: &[String]) -> serde_json::Value {
+    let mut ops = Vec::new();
+    if !remove.is_empty() {
+        let values: Vec<_> = remove.iter().map(|id| json!({"value": id})).collect();
+        ops.push(json!({"op": "Remove", "path": "members", "value": values}));
+    }
+    if !add.is_empty() {
+        let values: Vec<_> = add.iter().map(|id| json!({"value": id})).collect();
+        ops.push(json!({"op": "Add", "path": "members", "value": values}));
+    }
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
+}
+
+async fn create_group(http: &reqwest::Client, scim: &str, name: &str) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{scim}/Groups"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"displayName": name}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "creating group {name}: {}", r.status());
+    let body: serde_json::Value = r.json().await?;
+    Ok(body["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// Build a group of every seeded user, 1,000 members per PATCH; then swap 1,000
+/// members out and in again; then move `delivered` users into the watched group and
+/// time their re-delivery.
+async fn measure_groups(
+    backend: &Backend,
+    http: &reqwest::Client,
+    scim: &str,
+    users: usize,
+    delivered: Vec<String>,
+    emulator: &Emulator,
+    worker: Arc<ameyo_scim::sync::Worker>,
+) -> anyhow::Result<GroupReport> {
+    const BATCH: usize = 1000;
+    let ids = Arc::new(user_ids(backend, users).await?);
+    let big = create_group(http, scim, "Everyone").await?;
+    let batches = ids.len().div_ceil(BATCH);
+    let patch_big = {
+        let (http, uri) = (http.clone(), format!("{scim}/Groups/{big}"));
+        move |add: Vec<String>, remove: Vec<String>| {
+            let request = http
+                .patch(uri.clone())
+                .bearer_auth(TOKEN)
+                .json(&members_patch(&add, &remove));
+            async move {
+                let r = request.send().await.expect("request");
+                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+            }
+        }
+    };
+    let mut rows = Vec::new();
+    {
+        let (ids, patch_big) = (ids.clone(), patch_big.clone());
+        rows.push(
+            run(
+                "PATCH /Groups add 1,000 members (group growing to all users)",
+                batches,
+                1,
+                move |i| {
+                    let chunk = ids[i * BATCH..((i + 1) * BATCH).min(ids.len())].to_vec();
+                    patch_big(chunk, vec![])
+                },
+            )
+            .await,
+        );
+    }
+    {
+        // 1,000 members out and 1,000 back in, in a group of all users.
+        let (ids, patch_big) = (ids.clone(), patch_big.clone());
+        let swaps = 20.min(batches.max(1));
+        rows.push(
+            run(
+                "PATCH /Groups remove 1,000 then add them back (full group)",
+                swaps * 2,
+                1,
+                move |i| {
+                    let chunk = ids[(i / 2) * BATCH..((i / 2 + 1) * BATCH).min(ids.len())].to_vec();
+                    if i % 2 == 0 {
+                        patch_big(vec![], chunk)
+                    } else {
+                        patch_big(chunk, vec![])
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    // An unwatched group's membership change makes nobody pending.
+    let before = outstanding(backend).await?;
+    let other = create_group(http, scim, "Unwatched").await?;
+    let first: Vec<String> = ids.iter().take(BATCH).cloned().collect();
+    let r = http
+        .patch(format!("{scim}/Groups/{other}"))
+        .bearer_auth(TOKEN)
+        .json(&members_patch(&first, &[]))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "unwatched PATCH: {}", r.status());
+    let unwatched_pending = outstanding(backend).await? - before;
+
+    // The watched group: its members become Supervisors in Ameyo.
+    let watched = create_group(http, scim, "CC Supervisors").await?;
+    let moving: Vec<String> = delivered.into_iter().take(BATCH).collect();
+    let calls_before = emulator.requests().len();
+    let t = Instant::now();
+    let r = http
+        .patch(format!("{scim}/Groups/{watched}"))
+        .bearer_auth(TOKEN)
+        .json(&members_patch(&moving, &[]))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "watched PATCH: {}", r.status());
+    let patch_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(10)));
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if outstanding(backend).await? == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "re-delivery did not finish in 10 minutes"
+        );
+    }
+    let redelivery_secs = t.elapsed().as_secs_f64();
+    shutdown.cancel();
+    running.await?;
+    let supervisors = emulator
+        .users()
+        .iter()
+        .filter(|u| u["userType"] == json!("Supervisor"))
+        .count();
+    anyhow::ensure!(
+        supervisors == moving.len(),
+        "{supervisors} Supervisors in Ameyo, {} expected",
+        moving.len()
+    );
+    Ok(GroupReport {
+        group_size: ids.len(),
+        rows,
+        redelivered: moving.len(),
+        patch_ms,
+        redelivery_secs,
+        calls: emulator.requests().len() - calls_before,
+        unwatched_pending,
+    })
 }
 
 /// Users waiting for delivery or being delivered, in every tenant.
@@ -517,7 +716,11 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
     ));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let t = Instant::now();
-    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(10)));
+    let running = tokio::spawn(
+        worker
+            .clone()
+            .run(shutdown.clone(), Duration::from_secs(10)),
+    );
     // Every user delivered is new to the emulator, which answers how many it holds
     // cheaply; the outbox (a count over every seeded user) is asked once they are all
     // there, or now and then in case some never arrive.
@@ -541,6 +744,26 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
     shutdown.cancel();
     running.await?;
     eprintln!("delivered {delivered} in {delivery_secs:.1}s");
+    let in_ameyo = emulator.users().len();
+    let logins = emulator.login_count();
+
+    let groups = if args.groups {
+        eprintln!("groups...");
+        Some(
+            measure_groups(
+                &backend,
+                &http,
+                &scim,
+                users,
+                created.to_vec(),
+                &emulator,
+                worker,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     server.abort();
     match &backend.db {
@@ -553,8 +776,9 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
         rows,
         delivered,
         delivery_secs,
-        in_ameyo: emulator.users().len(),
-        logins: emulator.login_count(),
+        in_ameyo,
+        logins,
+        groups,
     })
 }
 
@@ -596,6 +820,36 @@ async fn main() -> anyhow::Result<()> {
             r.in_ameyo,
             r.logins
         );
+    }
+    let group_reports: Vec<_> = reports
+        .iter()
+        .filter_map(|r| r.groups.as_ref().map(|g| (r.kind, g)))
+        .collect();
+    if !group_reports.is_empty() {
+        println!();
+        println!("| store | operation | requests | per second | p50 ms | p95 ms | p99 ms |");
+        println!("|---|---|---|---|---|---|---|");
+        for i in 0..group_reports[0].1.rows.len() {
+            for (kind, g) in &group_reports {
+                println!("{}", g.rows[i].row(kind.name()));
+            }
+        }
+        println!();
+        for (kind, g) in &group_reports {
+            println!(
+                "groups ({}): group of {} members; PATCH adding {} members to a watched group answered in {:.0} ms, \
+                 all {} re-delivered in {:.1}s ({:.0} users/s, {} Ameyo calls); an unwatched group's 1,000-member change made {} users pending",
+                kind.name(),
+                g.group_size,
+                g.redelivered,
+                g.patch_ms,
+                g.redelivered,
+                g.redelivery_secs,
+                g.redelivered as f64 / g.redelivery_secs,
+                g.calls,
+                g.unwatched_pending,
+            );
+        }
     }
     let seeded: Vec<String> = reports
         .iter()

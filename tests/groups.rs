@@ -62,6 +62,7 @@ both_backends!(
     conflicting_groups_resolve_by_rule_order,
     entra_app_roles_on_the_user_drive_the_role,
     a_thousand_members_in_one_patch,
+    concurrent_membership_changes_neither_deadlock_nor_orphan,
 );
 
 async fn entra_group_provisioning(db: TestDb) {
@@ -597,6 +598,22 @@ async fn group_etags_and_preconditions(db: TestDb) {
     // A PATCH that changes nothing keeps the version.
     let r = app.patch(&uri, add).await;
     assert_eq!(r.header("etag").unwrap(), v2);
+    // Deleting a member changes the group: a new version.
+    let other = app.create_named("et2@x.test").await;
+    let r = app
+        .patch(
+            &uri,
+            patch(json!([{"op": "add", "path": "members", "value": [{"value": other}]}])),
+        )
+        .await;
+    let v3 = r.header("etag").unwrap().to_string();
+    assert_eq!(
+        app.delete(&format!("/scim/v2/Users/{other}")).await.status,
+        204
+    );
+    let r = app.get(&uri).await;
+    assert_ne!(r.header("etag").unwrap(), v3);
+    let v2 = r.header("etag").unwrap().to_string();
     let r = app
         .call_with(Method::GET, &uri, t, None, &[("if-none-match", &v2)])
         .await;
@@ -978,4 +995,91 @@ async fn a_thousand_members_in_one_patch(db: TestDb) {
         enc(&format!("groups[value eq \"{gid}\"]"))
     );
     assert_eq!(app.get(&f).await.body["totalResults"], json!(500));
+}
+
+async fn concurrent_membership_changes_neither_deadlock_nor_orphan(db: TestDb) {
+    let app = std::sync::Arc::new(app(&db).await);
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(app.create_named(&format!("c{i:03}@x.test")).await);
+    }
+    let mut gids = Vec::new();
+    for g in 0..6 {
+        let r = app
+            .post(
+                "/scim/v2/Groups",
+                json!({"displayName": format!("Overlap {g}")}),
+            )
+            .await;
+        gids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    // Six groups, each getting the same users in a different order, while a third of
+    // those users are deleted: every request succeeds or is refused for a member that
+    // no longer exists; none fails.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (g, gid) in gids.iter().enumerate() {
+        let (app, gid) = (app.clone(), gid.clone());
+        let mut order = ids.clone();
+        order.rotate_left(g * 17);
+        if g % 2 == 1 {
+            order.reverse();
+        }
+        tasks.spawn(async move {
+            let mut statuses = Vec::new();
+            for chunk in order.chunks(30) {
+                let add: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+                let r = app
+                    .patch(
+                        &format!("/scim/v2/Groups/{gid}"),
+                        patch(json!([{"op": "add", "path": "members", "value": add}])),
+                    )
+                    .await;
+                statuses.push((r.status.as_u16(), r.text));
+            }
+            statuses
+        });
+    }
+    for id in ids.iter().step_by(3) {
+        let (app, id) = (app.clone(), id.clone());
+        tasks.spawn(async move {
+            let r = app.delete(&format!("/scim/v2/Users/{id}")).await;
+            vec![(r.status.as_u16(), r.text)]
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        for (status, text) in done.unwrap() {
+            assert!(
+                status == 200
+                    || status == 204
+                    || (status == 400 && text.contains("no user with id")),
+                "{status}: {text}"
+            );
+        }
+    }
+    // No deleted user is left in a group, by any way of asking.
+    let deleted: std::collections::HashSet<&String> = ids.iter().step_by(3).collect();
+    for gid in &gids {
+        for m in member_ids(&app, gid).await {
+            assert!(!deleted.contains(&m), "deleted user {m} still listed");
+        }
+    }
+    for id in &deleted {
+        let f = format!(
+            "/scim/v2/Groups?filter={}",
+            enc(&format!("members[value eq \"{id}\"]"))
+        );
+        assert_eq!(app.get(&f).await.body["totalResults"], json!(0), "{id}");
+    }
+    let left = app.db.int("SELECT count(*) FROM group_members", &[]).await;
+    let listed: usize = {
+        let mut n = 0;
+        for gid in &gids {
+            n += member_ids(&app, gid).await.len();
+        }
+        n
+    };
+    assert_eq!(
+        left as usize, listed,
+        "no member row of a deleted user is left"
+    );
 }

@@ -12,8 +12,10 @@ use super::filter::{self, CompValue, CompareOp, Filter, PatchPath};
 use super::resource::{self, enforce_single_primary, normalize_value};
 use super::schema::{self, AttrDef, AttrRef, AttrType, Container, Mutability, PATCH_OP};
 
-/// Most operations accepted in one PATCH request.
-pub const MAX_OPERATIONS: usize = 1000;
+/// Most operations accepted in one PATCH request. Okta sends up to 1,000 membership
+/// changes (one operation each) plus a rename in one group PATCH; the body limit
+/// (`scim.max_body_bytes`) bounds a request's size as well.
+pub const MAX_OPERATIONS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
@@ -940,7 +942,7 @@ mod tests {
         );
         assert!(parse_request(json!({"Operations": []})).is_err());
         assert!(parse_request(json!({"schemas": ["urn:x"], "Operations": [{"op": "add", "path": "title", "value": "x"}]})).is_err());
-        let many: Vec<Value> = (0..1001)
+        let many: Vec<Value> = (0..=MAX_OPERATIONS)
             .map(|_| json!({"op": "add", "path": "title", "value": "x"}))
             .collect();
         assert_eq!(

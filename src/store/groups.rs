@@ -372,18 +372,18 @@ ORDER BY gm.group_id, u.id";
 /// Users whose memberships changed: a new version (their `groups` changed) and, when
 /// `$3`, a pending outbox row, in one statement. `$2`: every live member of group `$4`
 /// as well (a watched group renamed or deleted).
+/// Users whose memberships changed ($1, already locked): a new version (their `groups`
+/// changed) and, when `$2`, a pending outbox row, in one statement.
 const TOUCH_USERS_SQL: &str = concat!(
     "WITH touched AS (
         UPDATE users SET version = version + 1, last_modified = now()
-        WHERE tenant_id = $1 AND deleted_at IS NULL
-          AND (id = ANY($5)
-               OR ($2 AND id IN (SELECT user_id FROM group_members WHERE group_id = $4)))
+        WHERE id = ANY($1)
         RETURNING *),
-     u AS (SELECT * FROM touched WHERE $3),
+     u AS (SELECT * FROM touched WHERE $2),
      ",
     mark_pending!(keep_password),
     "
-     SELECT count(*), count(*) FILTER (WHERE $3) FROM touched"
+     SELECT count(*), count(*) FILTER (WHERE $2) FROM touched"
 );
 
 pub struct PgGroupStore {
@@ -420,57 +420,73 @@ impl PgGroupStore {
     }
 }
 
-/// Apply `members` to group `gid` inside `tx`: refuse ids that are not live users of
-/// the tenant, then insert and delete member rows. Returns the users whose membership
-/// changed.
+/// Apply `members` to group `gid` inside `tx` (which holds the group's row lock), and
+/// give the users concerned a new version and, when `watched`, a pending outbox row.
+/// With `all_members`, every member is concerned (the group was renamed or is being
+/// deleted).
+///
+/// Lock order: the group row, then the users concerned (one statement, in id order),
+/// then member rows. A SCIM DELETE of a user locks the user, then its member rows, so
+/// neither it nor a change of another group sharing members can deadlock with this;
+/// and a user deleted meanwhile is either seen as gone here (and refused as a joining
+/// member) or deleted after this commits, its member rows with it.
+///
+/// Joining ids that are not live users of the tenant: 400, nothing written.
 async fn apply_members(
     tx: &mut sqlx::PgConnection,
     tenant: &str,
     gid: Uuid,
     members: &Members,
-) -> Result<Vec<Uuid>> {
-    let (joining, leaving, replace): (&[Uuid], &[Uuid], bool) = match members {
-        Members::Keep => return Ok(vec![]),
-        Members::Replace(ids) => (ids, &[], true),
-        Members::Delta { add, remove } => (add, remove, false),
+    all_members: bool,
+    watched: bool,
+) -> Result<bool> {
+    let (joining, leaving): (&[Uuid], Vec<Uuid>) = match members {
+        Members::Keep => (&[], vec![]),
+        Members::Delta { add, remove } => (add, remove.clone()),
+        Members::Replace(ids) => {
+            let leaving = sqlx::query_scalar(
+                "SELECT user_id FROM group_members WHERE group_id = $1 AND NOT (user_id = ANY($2))",
+            )
+            .bind(gid)
+            .bind(ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            (ids, leaving)
+        }
     };
-    // Every joining id must be a live user of this tenant; the rows are locked so a
-    // concurrent SCIM DELETE of one of them waits for this change.
-    let found: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM users WHERE tenant_id = $1 AND id = ANY($2) AND deleted_at IS NULL
-         ORDER BY id FOR SHARE",
+    if joining.is_empty() && leaving.is_empty() && !all_members {
+        return Ok(false);
+    }
+    let concerned: Vec<Uuid> = joining.iter().chain(&leaving).copied().collect();
+    let live: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM users
+         WHERE tenant_id = $1 AND deleted_at IS NULL
+           AND (id = ANY($2)
+                OR ($3 AND id IN (SELECT user_id FROM group_members WHERE group_id = $4)))
+         ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(tenant)
-    .bind(joining)
+    .bind(&concerned)
+    .bind(all_members)
+    .bind(gid)
     .fetch_all(&mut *tx)
     .await?;
-    if found.len() != joining.len() {
-        let found: std::collections::HashSet<Uuid> = found.into_iter().collect();
-        let missing: Vec<String> = joining
-            .iter()
-            .filter(|id| !found.contains(id))
-            .map(Uuid::to_string)
-            .collect();
+    let live_set: std::collections::HashSet<Uuid> = live.iter().copied().collect();
+    let missing: Vec<String> = joining
+        .iter()
+        .filter(|id| !live_set.contains(id))
+        .map(Uuid::to_string)
+        .collect();
+    if !missing.is_empty() {
         return Err(StoreError::Rejected(no_such_members(&missing)));
     }
-    let left: Vec<Uuid> = if replace {
-        sqlx::query_scalar(
-            "DELETE FROM group_members WHERE group_id = $1 AND NOT (user_id = ANY($2))
-             RETURNING user_id",
-        )
-        .bind(gid)
-        .bind(joining)
-        .fetch_all(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_scalar(
-            "DELETE FROM group_members WHERE group_id = $1 AND user_id = ANY($2) RETURNING user_id",
-        )
-        .bind(gid)
-        .bind(leaving)
-        .fetch_all(&mut *tx)
-        .await?
-    };
+    let left: Vec<Uuid> = sqlx::query_scalar(
+        "DELETE FROM group_members WHERE group_id = $1 AND user_id = ANY($2) RETURNING user_id",
+    )
+    .bind(gid)
+    .bind(&leaving)
+    .fetch_all(&mut *tx)
+    .await?;
     let joined: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO group_members (group_id, user_id)
          SELECT $1, id FROM unnest($2::uuid[]) AS j(id)
@@ -480,28 +496,21 @@ async fn apply_members(
     .bind(joining)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(left.into_iter().chain(joined).collect())
-}
-
-/// New versions (and outbox rows when `watched`) for the users in `changed`, and with
-/// `all_members` for every member of `gid` too.
-async fn touch_users(
-    tx: &mut sqlx::PgConnection,
-    tenant: &str,
-    gid: Uuid,
-    changed: &[Uuid],
-    all_members: bool,
-    watched: bool,
-) -> Result<()> {
-    if changed.is_empty() && !all_members {
-        return Ok(());
+    let changed = !left.is_empty() || !joined.is_empty();
+    let touched: Vec<Uuid> = if all_members {
+        live
+    } else {
+        left.into_iter()
+            .filter(|id| live_set.contains(id))
+            .chain(joined)
+            .collect()
+    };
+    if touched.is_empty() {
+        return Ok(changed);
     }
     let (_touched, pending): (i64, i64) = sqlx::query_as(TOUCH_USERS_SQL)
-        .bind(tenant)
-        .bind(all_members)
+        .bind(&touched)
         .bind(watched)
-        .bind(gid)
-        .bind(changed)
         .fetch_one(&mut *tx)
         .await?;
     if pending > 0 {
@@ -510,7 +519,7 @@ async fn touch_users(
             .execute(&mut *tx)
             .await?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[async_trait]
@@ -538,8 +547,15 @@ impl GroupStore for PgGroupStore {
         .map_err(map_unique)?;
         let mut stored = row_to_group(&row)?;
         let watch = watched(&group.display_name, group.external_id.as_deref());
-        let changed = apply_members(&mut tx, tenant, id, &Members::Replace(group.members)).await?;
-        touch_users(&mut tx, tenant, id, &changed, false, watch).await?;
+        apply_members(
+            &mut tx,
+            tenant,
+            id,
+            &Members::Replace(group.members),
+            false,
+            watch,
+        )
+        .await?;
         if members {
             self.with_members(&mut *tx, std::slice::from_mut(&mut stored))
                 .await?;
@@ -645,21 +661,20 @@ impl GroupStore for PgGroupStore {
         let renamed = name != current.display_name;
         let watch_before = watched(&current.display_name, current.external_id.as_deref());
         let watch_after = watched(&name, external_id.as_deref());
-        let changed = apply_members(&mut tx, tenant, id, &change.members).await?;
         // The users who stay members see the group's new name; if the rules look at the
         // group under its old or new name, what they map to may change too.
         let names_changed = renamed || external_id != current.external_id;
         let all_members = renamed || (names_changed && (watch_before || watch_after));
-        touch_users(
+        let changed = apply_members(
             &mut tx,
             tenant,
             id,
-            &changed,
+            &change.members,
             all_members,
             watch_before || watch_after,
         )
         .await?;
-        let mut stored = if changed.is_empty() && !names_changed {
+        let mut stored = if !changed && !names_changed {
             current
         } else {
             let row = sqlx::query(concat!(
@@ -713,7 +728,7 @@ impl GroupStore for PgGroupStore {
             return Err(StoreError::PreconditionFailed);
         }
         let watch = watched(&current.display_name, current.external_id.as_deref());
-        touch_users(&mut tx, tenant, id, &[], true, watch).await?;
+        apply_members(&mut tx, tenant, id, &Members::Keep, true, watch).await?;
         sqlx::query("DELETE FROM groups WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)
             .bind(id)

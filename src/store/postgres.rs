@@ -161,13 +161,23 @@ const DELETE_SQL: &str = concat!(
         UPDATE users SET deleted_at = now(), version = version + 1, last_modified = now()
         WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
           AND ($3::bigint[] IS NULL OR version = ANY($3))
-        RETURNING *),
-     -- Gone from every group, in the same statement.
-     gm AS (DELETE FROM group_members WHERE user_id IN (SELECT id FROM u)), ",
+        RETURNING *), ",
     // A deleted user's password is never delivered: erase it now.
     mark_pending!(erase_password),
     " SELECT count(*) FROM (SELECT pg_notify('ameyo_scim_sync', u.tenant_id) FROM u) AS n"
 );
+
+/// A deleted user leaves its groups: a statement of its own after the user's row lock
+/// is held, so it also sees a membership a concurrent group change committed while
+/// this delete waited for that lock. The groups get a new version, unless a change of
+/// theirs is under way (which gives them one): never waiting on a group's row lock
+/// while holding the user's keeps this free of deadlocks with group changes, which
+/// lock the group first.
+const LEAVE_GROUPS_SQL: &str = "
+WITH gone AS (DELETE FROM group_members WHERE user_id = $1 RETURNING group_id)
+UPDATE groups SET version = version + 1, last_modified = now()
+WHERE id IN (SELECT g.id FROM groups g WHERE g.id IN (SELECT group_id FROM gone)
+             ORDER BY g.id FOR UPDATE SKIP LOCKED)";
 
 pub(crate) fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<StoredUser> {
     let resource: Value = row.try_get("resource")?;
@@ -341,15 +351,22 @@ impl UserStore for PgStore {
             None | Some(IfMatch::Any) => None,
             Some(IfMatch::Versions(v)) => Some(v.clone()),
         };
+        let mut tx = self.pool.begin().await?;
         let n: i64 = sqlx::query_scalar(DELETE_SQL)
             .bind(tenant)
             .bind(id)
             .bind(versions)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
         if n == 1 {
+            sqlx::query(LEAVE_GROUPS_SQL)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             return Ok(());
         }
+        drop(tx);
         match (if_match, self.get(tenant, id).await?) {
             (Some(_), Some(_)) => Err(StoreError::PreconditionFailed),
             _ => Err(StoreError::NotFound),
