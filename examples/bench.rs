@@ -211,6 +211,8 @@ base_url = "http://{emulator}"
 contact_center_id = 1
 login_user = "admin"
 login_password = "bench"
+[tenants.ameyo.mapping]
+default_max_allowed_logins = 1
 [[tenants.ameyo.mapping.rules]]
 group = "CC Supervisors"
 user_type = "Supervisor"

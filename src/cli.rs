@@ -222,8 +222,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let settings = load(config.as_ref())?;
             // What `serve` builds at start-up, without touching the database or Ameyo.
-            crate::tenants::build(&settings, &|_| None)?;
+            let tenants = crate::tenants::build(&settings, &|_| None)?;
             print!("{}", settings.redacted_toml());
+            for t in &tenants {
+                for w in t.mapper.warnings() {
+                    eprintln!("warning: tenant {}: {w}", t.id);
+                }
+            }
             eprintln!("configuration is valid");
             Ok(())
         }

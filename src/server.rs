@@ -33,6 +33,11 @@ pub async fn serve_with_listener(
     // name also marks its leases and heartbeats.
     let owner = crate::sync::this_owner();
     let tenants = crate::tenants::build(&settings, &backend.sessions(&owner))?;
+    for t in &tenants {
+        for w in t.mapper.warnings() {
+            tracing::warn!(tenant = %t.id, "{w}");
+        }
+    }
     let worker = if settings.sync.enabled {
         Some(Arc::new(Worker::from_tenants(
             &settings.sync,

@@ -526,9 +526,27 @@ impl Mapper {
             .any(|r| matches!(&r.when, When::Group(name) if key.is(name)))
     }
 
-    /// Whether any rule matches on group membership.
-    pub fn has_group_rules(&self) -> bool {
-        self.rules.iter().any(|r| matches!(r.when, When::Group(_)))
+    /// What the configuration allows but an operator most likely does not mean: a field
+    /// a rule sets with no default for it keeps, in Ameyo, the value the rule gave once
+    /// the rule stops matching (the user left the group), since the update then leaves
+    /// the field out.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.max_allowed_logins.is_some() && self.default_max_allowed_logins.is_none() {
+                out.push(format!(
+                    "rules[{i}] sets max_allowed_logins but default_max_allowed_logins is not set: \
+                     a user the rule stops matching keeps its value in Ameyo"
+                ));
+            }
+            if r.login_policy.is_some() && self.default_login_policy.is_none() {
+                out.push(format!(
+                    "rules[{i}] sets login_policy but default_login_policy is not set: \
+                     a user the rule stops matching keeps its value in Ameyo"
+                ));
+            }
+        }
+        out
     }
 
     pub fn map(
@@ -1057,7 +1075,12 @@ mod tests {
         assert!(m.watches_group("CC SUPERVISORS", None));
         assert!(m.watches_group("Renamed", Some("8c1e-quality")));
         assert!(!m.watches_group("Everyone", Some("x")));
-        assert!(m.has_group_rules());
+        let w = m.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("rules[0] sets max_allowed_logins"),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -1085,8 +1108,10 @@ mod tests {
     #[test]
     fn group_and_attribute_rules_are_checked() {
         let err = |r: MappingRule| {
-            let mut s = MappingSettings::default();
-            s.rules = vec![r];
+            let s = MappingSettings {
+                rules: vec![r],
+                ..Default::default()
+            };
             Mapper::new(&s, 1).unwrap_err()
         };
         let sets = |r: MappingRule| MappingRule {

@@ -445,7 +445,10 @@ async fn apply_members(
         Members::Delta { add, remove } => (add, remove.clone()),
         Members::Replace(ids) => {
             let leaving = sqlx::query_scalar(
-                "SELECT user_id FROM group_members WHERE group_id = $1 AND NOT (user_id = ANY($2))",
+                // NOT IN over a subquery: a hashed anti-join, not a scan of the list
+                // per member, for a replace of a large group.
+                "SELECT user_id FROM group_members
+                 WHERE group_id = $1 AND user_id NOT IN (SELECT unnest($2::uuid[]))",
             )
             .bind(gid)
             .bind(ids)

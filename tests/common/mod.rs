@@ -31,6 +31,7 @@ pub const JWT_ISSUER_C: &str = "https://idp.example.test/";
 pub const JWT_AUDIENCE_C: &str = "ameyo-scim-c";
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 pub const AMEYO: &str = "urn:ietf:params:scim:schemas:extension:ameyo:2.0:User";
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
