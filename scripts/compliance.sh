@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
 # SCIM compliance check: runs the service on a scratch embedded store (an SQLite file)
-# and points the scim2-tester suite (PyPI, through scim2-cli) at it. Fails on any
-# reported error. Needs: python3, curl, a built binary; no database server.
+# and points two independent suites at it, from PyPI, in one virtualenv:
+#   - scim2-tester (through scim2-cli): discovery, CRUD, PATCH add/remove/replace,
+#     attribute projection, for every resource type /ResourceTypes lists (User, Group);
+#   - scim-sanity's live probe: discovery, the User and Group lifecycles (with member
+#     PATCH), search, error handling.
+# scripts/compliance.py runs scim2-tester and judges both reports: the run fails on any
+# reported error but the few it accepts (each with its reason, printed), on a suite
+# that ran nothing, or on Group checks that did not run.
+# Needs: python3, curl, a built binary; no database server.
+#
+# COMPLIANCE_DATABASE_URL (optional) runs the service on that store instead of the
+# scratch SQLite file, e.g. a fresh PostgreSQL database:
+#   createdb -h 127.0.0.1 -U postgres scim_compliance
+#   COMPLIANCE_DATABASE_URL=postgres://postgres@127.0.0.1:5432/scim_compliance scripts/compliance.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${AMEYO_SCIM_BIN:-target/debug/ameyo-scim}
 VENV=${SCIM2_VENV:-.venv}
+# The suites, pinned: a new release can add or change checks, so it is taken on purpose.
+REQUIREMENTS="scim2-cli==0.6.0 scim2-tester==0.5.2 scim-sanity==0.7.4"
 TOKEN="compliance-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 WORK=$(mktemp -d)
 
@@ -16,16 +30,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ ! -x "$VENV/bin/scim2" ]; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "scim2-cli==0.6.0" "scim2-tester==0.5.2"
+# The service's log and a report, then fail.
+fail() {
+    local report=$1
+    shift
+    cat "$report"
+    echo "--- service log ---"
+    cat "$WORK/serve.log"
+    printf '%s\n' "$@"
+    exit 1
+}
+
+if [ "$(cat "$VENV/.compliance-requirements" 2>/dev/null)" != "$REQUIREMENTS" ]; then
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    # shellcheck disable=SC2086 # one argument per requirement
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS
+    echo "$REQUIREMENTS" >"$VENV/.compliance-requirements"
 fi
 [ -x "$BIN" ] || cargo build --quiet
 
-DB_URL="sqlite://$WORK/compliance.db"
+DB_URL=${COMPLIANCE_DATABASE_URL:-sqlite://$WORK/compliance.db}
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 DIGEST=$(printf '%s' "$TOKEN" | "$BIN" hash-token)
+BASE="http://127.0.0.1:$PORT/scim/v2"
 
 cat > "$WORK/config.toml" <<TOML
 [server]
@@ -55,20 +82,36 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# Both suites run, each report to a file; on failure the failing reports are printed,
+# then the service log, then both summaries.
+# scim2-tester, through scim2-cli's client (what `scim2 test --check-status-code
+# --check-content-type` runs), its results read as data.
 set +e
-SCIM_CLI_HEADERS="Authorization: Bearer $TOKEN" \
-    "$VENV/bin/scim2" --url "http://127.0.0.1:$PORT/scim/v2" test \
-    --check-status-code --check-content-type >"$WORK/report.txt" 2>&1
-rc=$?
+COMPLIANCE_TOKEN="$TOKEN" "$VENV/bin/python" scripts/compliance.py tester "$BASE" \
+    >"$WORK/tester.txt" 2>&1
+tester_rc=$?
+# scim-sanity's live probe. It exits 1 whenever a step fails, accepted or not: the
+# verdict is read from its JSON report.
+"$VENV/bin/scim-sanity" probe "$BASE" --token "$TOKEN" --i-accept-side-effects \
+    --timeout 30 --json-output >"$WORK/probe.json" 2>"$WORK/probe.err"
+probe_exit=$?
+"$VENV/bin/python" scripts/compliance.py probe "$WORK/probe.json" "$probe_exit" \
+    >"$WORK/probe.txt" 2>&1
+probe_rc=$?
 set -e
-passed=$(grep -c '^SUCCESS' "$WORK/report.txt" || true)
-failed=$(grep -cE '^(ERROR|CRITICAL)' "$WORK/report.txt" || true)
-if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$passed" -eq 0 ]; then
-    cat "$WORK/report.txt"
-    echo "--- service log ---"
-    cat "$WORK/serve.log"
-    echo "scim2-tester: $passed passed, $failed failed (exit $rc)"
-    exit 1
+TESTER_SUMMARY=$(tail -n 1 "$WORK/tester.txt")
+PROBE_SUMMARY=$(tail -n 1 "$WORK/probe.txt")
+if [ "$tester_rc" -ne 0 ] || [ "$probe_rc" -ne 0 ]; then
+    : >"$WORK/report.txt"
+    if [ "$tester_rc" -ne 0 ]; then
+        { echo "--- scim2-tester ---"; cat "$WORK/tester.txt"; } >>"$WORK/report.txt"
+    fi
+    if [ "$probe_rc" -ne 0 ]; then
+        { echo "--- scim-sanity ---"; cat "$WORK/probe.txt" "$WORK/probe.err"; } >>"$WORK/report.txt"
+    fi
+    fail "$WORK/report.txt" "$TESTER_SUMMARY (exit $tester_rc)" "$PROBE_SUMMARY (exit $probe_exit)"
 fi
-grep -E '^(WARNING|SKIPPED)' -A1 "$WORK/report.txt" || true
-echo "scim2-tester: $passed passed, $failed failed"
+
+grep -hE '^accepted: ' "$WORK/tester.txt" "$WORK/probe.txt" || true
+echo "$TESTER_SUMMARY"
+echo "$PROBE_SUMMARY"

@@ -63,6 +63,8 @@ both_backends!(
     entra_app_roles_on_the_user_drive_the_role,
     a_thousand_members_in_one_patch,
     concurrent_membership_changes_neither_deadlock_nor_orphan,
+    patch_answers_204_or_the_group_as_asked,
+    root_search_finds_users_and_groups,
 );
 
 async fn entra_group_provisioning(db: TestDb) {
@@ -116,12 +118,10 @@ async fn entra_group_provisioning(db: TestDb) {
             patch(json!([{"op": "Add", "path": "members", "value": add}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert!(
-        r.body.get("members").is_none(),
-        "PATCH leaves members out: {}",
-        r.text
-    );
+    // 204 without a body: the entire group would carry every member.
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(r.text.is_empty(), "{}", r.text);
+    assert!(r.header("etag").is_some());
     assert_eq!(member_ids(&app, &gid).await.len(), 3);
 
     // Without aadOptscim062020: remove with a value removes only the listed member.
@@ -131,7 +131,7 @@ async fn entra_group_provisioning(db: TestDb) {
             patch(json!([{"op": "Remove", "path": "members", "value": [{"value": ids[0]}]}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await, sorted(&[&ids[1], &ids[2]]));
 
     // With the flag: a filtered path.
@@ -141,7 +141,7 @@ async fn entra_group_provisioning(db: TestDb) {
             patch(json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await, vec![ids[2].clone()]);
 
     // Rename; PATCH with `attributes=members` returns them.
@@ -228,7 +228,7 @@ async fn okta_group_push(db: TestDb) {
             ])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     let r = app
         .patch(
             &uri,
@@ -239,8 +239,11 @@ async fn okta_group_push(db: TestDb) {
             ])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body["displayName"], json!("Supervisors"));
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        app.get(&uri).await.body["displayName"],
+        json!("Supervisors")
+    );
     assert_eq!(member_ids(&app, &gid).await, sorted(&[&ids[1], &ids[2]]));
 
     // A full replace of members.
@@ -250,7 +253,7 @@ async fn okta_group_push(db: TestDb) {
             patch(json!([{"op": "replace", "path": "members", "value": [{"value": ids[3]}, {"value": ids[0]}]}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await, sorted(&[&ids[0], &ids[3]]));
 
     // Wizard apps: PUT with the whole member list; the answer carries the members.
@@ -277,7 +280,7 @@ async fn okta_group_push(db: TestDb) {
     let r = app
         .patch(&uri, patch(json!([{"op": "remove", "path": "members"}])))
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     assert!(member_ids(&app, &gid).await.is_empty());
 
     // Import: paging by 100 with integers.
@@ -589,7 +592,7 @@ async fn group_etags_and_preconditions(db: TestDb) {
             &[("if-match", &v1)],
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     let v2 = r.header("etag").unwrap().to_string();
     assert_ne!(v1, v2);
     // The member's version moved too: its `groups` changed.
@@ -759,7 +762,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "add", "path": "members", "value": [{"value": ids[0]}]}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     // Durable before the answer: the outbox row is pending in the same transaction.
     assert_eq!(s.sync_row(&ids[0]).await.0, "pending");
     assert_eq!(
@@ -781,7 +784,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
         .app
         .patch(&uri, patch(json!([{"op": "replace", "value": {"id": gid, "displayName": "Former Supervisors"}}])))
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("sup@x.test").unwrap()["userType"],
@@ -795,7 +798,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "replace", "path": "displayName", "value": "CC Supervisors"}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("sup@x.test").unwrap()["userType"],
@@ -810,7 +813,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("sup@x.test").unwrap()["userType"],
@@ -825,7 +828,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "add", "path": "members", "value": [{"value": ids[1]}]}])),
         )
         .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 204);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("agent@x.test").unwrap()["userType"],
@@ -981,14 +984,14 @@ async fn a_thousand_members_in_one_patch(db: TestDb) {
             patch(json!([{"op": "add", "path": "members", "value": add}])),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await.len(), 1000);
     let remove: Vec<Value> = ids[..500]
         .iter()
         .map(|id| json!({"op": "remove", "path": format!("members[value eq \"{id}\"]")}))
         .collect();
     let r = app.patch(&uri, patch(Value::Array(remove))).await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await.len(), 500);
     let f = format!(
         "/scim/v2/Users?count=1&filter={}",
@@ -1081,5 +1084,187 @@ async fn concurrent_membership_changes_neither_deadlock_nor_orphan(db: TestDb) {
     assert_eq!(
         left as usize, listed,
         "no member row of a deleted user is left"
+    );
+}
+
+/// RFC 7644 §3.5.2: 200 with the entire resource (subject to `attributes` /
+/// `excludedAttributes`), or 204. Without those parameters a group PATCH is answered 204
+/// and its new ETag; with them, 200 and the group as asked for, members included unless
+/// left out.
+async fn patch_answers_204_or_the_group_as_asked(db: TestDb) {
+    let app = app(&db).await;
+    let ids = users(&app, &["p1@x.test", "p2@x.test"]).await;
+    let r = app
+        .post(
+            "/scim/v2/Groups",
+            json!({"displayName": "P", "externalId": "ext-p"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let uri = format!("/scim/v2/Groups/{}", r.body["id"].as_str().unwrap());
+    let add = |id: &str| patch(json!([{"op": "add", "path": "members", "value": [{"value": id}]}]));
+
+    let r = app.patch(&uri, add(&ids[0])).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(r.text.is_empty(), "{}", r.text);
+    let etag = r.header("etag").unwrap().to_string();
+    let current = app.get(&uri).await;
+    assert_eq!(current.header("etag").unwrap(), etag);
+    assert_eq!(current.body["meta"]["version"], json!(etag));
+
+    // Any projection parameter asks for the group: the entire resource but what it
+    // leaves out, every member included.
+    let r = app
+        .patch(
+            &format!("{uri}?excludedAttributes=externalId"),
+            add(&ids[1]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.get("externalId").is_none(), "{}", r.text);
+    assert_eq!(r.body["displayName"], json!("P"));
+    let mut members: Vec<&str> = r.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    members.sort();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str()];
+    want.sort();
+    assert_eq!(members, want);
+    assert_ne!(r.header("etag").unwrap(), etag);
+
+    let rename = patch(json!([{"op": "replace", "path": "displayName", "value": "P2"}]));
+    let r = app
+        .patch(&format!("{uri}?attributes=displayName"), rename.clone())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["displayName"], json!("P2"));
+    assert!(r.body.get("id").is_some());
+    assert!(r.body.get("members").is_none() && r.body.get("externalId").is_none());
+    let r = app
+        .patch(&format!("{uri}?excludedAttributes=members"), rename)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.get("members").is_none(), "{}", r.text);
+    assert_eq!(r.body["externalId"], json!("ext-p"));
+
+    // A refused PATCH is still a SCIM error.
+    let r = app
+        .patch(
+            &uri,
+            patch(json!([{"op": "remove", "path": "displayName"}])),
+        )
+        .await;
+    r.assert_error(400, Some("invalidValue"));
+}
+
+/// RFC 7644 §3.4.2.1: a query at the root covers every resource of the tenant. Users
+/// come first, then groups; a filter applies to the types that have its attributes.
+async fn root_search_finds_users_and_groups(db: TestDb) {
+    let app = app(&db).await;
+    let ids = users(&app, &["r1@x.test", "r2@x.test", "r3@x.test"]).await;
+    for (name, members) in [
+        ("Root A", json!([{"value": ids[0]}])),
+        ("Root B", json!([])),
+    ] {
+        let r = app
+            .post(
+                "/scim/v2/Groups",
+                json!({"displayName": name, "members": members}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // Another tenant's resources stay out.
+    let r = app
+        .call(
+            axum::http::Method::POST,
+            "/scim/v2/Groups",
+            Some(TOKEN_B),
+            Some(json!({"displayName": "Theirs"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    let search = |body: Value| {
+        let app = &app;
+        async move {
+            let r = app.post("/scim/v2/.search", body.clone()).await;
+            assert_eq!(r.status, 200, "{body}: {}", r.text);
+            r
+        }
+    };
+    let types = |r: &Resp| -> Vec<String> {
+        r.body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["meta"]["resourceType"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let r = search(json!({"count": 100})).await;
+    assert_eq!(r.body["totalResults"], json!(5));
+    assert_eq!(types(&r), ["User", "User", "User", "Group", "Group"]);
+    assert_eq!(r.body["Resources"][3]["members"][0]["value"], json!(ids[0]));
+
+    // Pages run over users, then groups.
+    let r = search(json!({"startIndex": 3, "count": 2})).await;
+    assert_eq!(r.body["totalResults"], json!(5));
+    assert_eq!(r.body["startIndex"], json!(3));
+    assert_eq!(r.body["itemsPerPage"], json!(2));
+    assert_eq!(types(&r), ["User", "Group"]);
+    let r = search(json!({"startIndex": 5, "count": 10})).await;
+    assert_eq!(types(&r), ["Group"]);
+    let r = search(json!({"startIndex": 9})).await;
+    assert_eq!(r.body["totalResults"], json!(5));
+    assert!(types(&r).is_empty());
+    let r = search(json!({"count": 0})).await;
+    assert_eq!(r.body["totalResults"], json!(5));
+    assert!(types(&r).is_empty());
+    let r = search(json!({"sortBy": "displayName", "sortOrder": "descending", "count": 100})).await;
+    let groups: Vec<&Value> = r.body["Resources"].as_array().unwrap()[3..]
+        .iter()
+        .collect();
+    assert_eq!(groups[0]["displayName"], json!("Root B"));
+    assert_eq!(groups[1]["displayName"], json!("Root A"));
+
+    // Filters.
+    let r = search(json!({"filter": "meta.resourceType eq \"Group\""})).await;
+    assert_eq!(types(&r), ["Group", "Group"]);
+    let r = search(json!({"filter": "userName sw \"r2\""})).await;
+    assert_eq!(types(&r), ["User"]);
+    assert_eq!(r.body["Resources"][0]["id"], json!(ids[1]));
+    let r = search(json!({"filter": format!("members[value eq \"{}\"]", ids[0])})).await;
+    assert_eq!(types(&r), ["Group"]);
+    assert_eq!(r.body["Resources"][0]["displayName"], json!("Root A"));
+    let r = search(json!({"filter": "displayName sw \"Root\""})).await;
+    assert_eq!(r.body["totalResults"], json!(2));
+    let r = app
+        .post("/scim/v2/.search", json!({"filter": "nosuch eq \"x\""}))
+        .await;
+    r.assert_error(400, Some("invalidFilter"));
+    let r = app
+        .post("/scim/v2/.search", json!({"sortBy": "nosuch"}))
+        .await;
+    r.assert_error(400, Some("invalidValue"));
+
+    // Projection, for each type.
+    let r = search(json!({"attributes": ["displayName", "userName"], "count": 100})).await;
+    let all = r.body["Resources"].as_array().unwrap();
+    assert_eq!(all[0]["userName"], json!("r1@x.test"));
+    assert!(all[0].get("emails").is_none() && all[0].get("meta").is_none());
+    assert_eq!(all[3]["displayName"], json!("Root A"));
+    assert!(all[3].get("members").is_none() && all[3].get("meta").is_none());
+    let r = search(
+        json!({"excludedAttributes": ["members"], "filter": "meta.resourceType eq \"Group\""}),
+    )
+    .await;
+    assert!(
+        r.body["Resources"][0].get("members").is_none(),
+        "{}",
+        r.text
     );
 }

@@ -8,6 +8,8 @@ use axum::http::{Method, Request, StatusCode, header};
 use common::*;
 use serde_json::{Value, json};
 
+const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+
 fn full_user(user_name: &str) -> Value {
     json!({
         "schemas": [USER_SCHEMA, ENTERPRISE, AMEYO],
@@ -907,6 +909,7 @@ both_backends!(http_level_errors_are_scim_errors);
 async fn http_level_errors_are_scim_errors(db: TestDb) {
     let app = app(&db).await;
     app.get("/scim/v2/Bulk").await.assert_error(404, None);
+    app.get("/scim/v2/Me").await.assert_error(404, None);
     app.get("/nowhere").await.assert_error(404, None);
     app.call(Method::DELETE, "/scim/v2/Users", Some(TOKEN_A), None)
         .await

@@ -19,7 +19,7 @@ use crate::store::ListQuery;
 /// `attributes` / `excludedAttributes` over a group's few attributes: top-level names,
 /// case-insensitively, with or without the Group schema's URN.
 #[derive(Debug, Default)]
-struct GroupProjection {
+pub(super) struct GroupProjection {
     include: Option<Vec<String>>,
     exclude: Vec<String>,
 }
@@ -41,7 +41,7 @@ impl GroupProjection {
             .collect()
     }
 
-    fn new(attributes: &[String], excluded: &[String]) -> Self {
+    pub(super) fn new(attributes: &[String], excluded: &[String]) -> Self {
         let include = Self::names(attributes);
         Self {
             include: (!include.is_empty()).then_some(include),
@@ -59,14 +59,14 @@ impl GroupProjection {
     }
 
     /// Whether the members must be read: asked for, or returned by default.
-    fn members(&self, by_default: bool) -> bool {
+    pub(super) fn members(&self, by_default: bool) -> bool {
         match &self.include {
             Some(names) => names.iter().any(|n| n == "members"),
             None => by_default && !self.exclude.iter().any(|n| n == "members"),
         }
     }
 
-    fn apply(&self, mut full: Map<String, Value>) -> Map<String, Value> {
+    pub(super) fn apply(&self, mut full: Map<String, Value>) -> Map<String, Value> {
         full.retain(|k, _| {
             let k = k.to_ascii_lowercase();
             if k == "id" || k == "schemas" {
@@ -240,17 +240,23 @@ pub async fn replace(
 ) -> ApiResult<Response> {
     let projection = GroupProjection::from_params(&Params::parse(query.as_deref()));
     let change = GroupChange::from(group::parse_group(body)?);
-    write(
+    let members = projection.members(true);
+    let g = write(
         &state,
         &tenant,
         &headers,
         &id,
         change,
-        projection.members(true),
-        projection,
+        members,
         "group replaced",
     )
-    .await
+    .await?;
+    Ok(group_response(
+        StatusCode::OK,
+        &g,
+        &state.base_url(&headers),
+        &projection,
+    ))
 }
 
 pub async fn patch(
@@ -261,24 +267,43 @@ pub async fn patch(
     RawQuery(query): RawQuery,
     ScimBody(body): ScimBody,
 ) -> ApiResult<Response> {
-    let projection = GroupProjection::from_params(&Params::parse(query.as_deref()));
+    let params = Params::parse(query.as_deref());
+    // RFC 7644 §3.5.2: a PATCH is answered with 200 and the entire resource (subject to
+    // `attributes` / `excludedAttributes`), or with 204. The entire resource holds every
+    // member, and a group of 100,000 members is not sent back on every membership
+    // change: without those parameters the answer is 204 with the new ETag, which Okta
+    // and Entra ID both take; with them, 200 and the group as asked for.
+    let represent = params.attributes.is_some() || params.excluded.is_some();
+    let projection = GroupProjection::from_params(&params);
     let change = group::parse_patch(body)?;
-    // A PATCH is answered with the group, its members only when asked for: a group of
-    // 100,000 members is not sent back on every membership change.
-    write(
+    let members = represent && projection.members(true);
+    let g = write(
         &state,
         &tenant,
         &headers,
         &id,
         change,
-        projection.members(false),
-        projection,
+        members,
         "group patched",
     )
-    .await
+    .await?;
+    if represent {
+        return Ok(group_response(
+            StatusCode::OK,
+            &g,
+            &state.base_url(&headers),
+            &projection,
+        ));
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Ok(etag) = HeaderValue::from_str(&g.etag()) {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(resp)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// PUT and PATCH: apply `change` atomically, honouring If-Match; `members` says whether
+/// the answer needs the member list.
 async fn write(
     state: &AppState,
     tenant: &TenantExt,
@@ -286,9 +311,8 @@ async fn write(
     id: &str,
     change: GroupChange,
     members: bool,
-    mut projection: GroupProjection,
     what: &'static str,
-) -> ApiResult<Response> {
+) -> ApiResult<StoredGroup> {
     let id = group_id(id)?;
     let watched = state.watched(tenant.id());
     let g = state
@@ -302,16 +326,8 @@ async fn write(
             members,
         )
         .await?;
-    if !members {
-        projection.exclude.push("members".into());
-    }
     tracing::info!(tenant = tenant.id(), group_id = %id, version = g.version, "{what}");
-    Ok(group_response(
-        StatusCode::OK,
-        &g,
-        &state.base_url(headers),
-        &projection,
-    ))
+    Ok(g)
 }
 
 pub async fn delete(

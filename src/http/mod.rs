@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 mod groups;
 pub mod observe;
+mod search;
 mod users;
 
 use std::sync::Arc;
@@ -112,8 +113,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let scim = Router::new()
         .route("/Users", get(users::list).post(users::create))
         .route("/Users/.search", post(users::search))
-        // Root search (RFC 7644 §3.4.3) searches Users: the resource IdPs look up.
-        .route("/.search", post(users::search))
+        // Root search (RFC 7644 §3.4.2.1, §3.4.3): Users and Groups.
+        .route("/.search", post(search::search))
         .route("/Groups", get(groups::list).post(groups::create))
         .route("/Groups/.search", post(groups::search))
         .route(
