@@ -228,7 +228,10 @@ async fn bad_users_are_refused_with_the_right_scim_type(db: TestDb) {
             "{body}"
         );
     }
-    assert_eq!(app.snapshot().await, json!({"users": [], "sync": []}));
+    assert_eq!(
+        app.snapshot().await,
+        json!({"users": [], "sync": [], "groups": [], "members": []})
+    );
 }
 
 both_backends!(user_name_is_unique_per_tenant_case_insensitively);
@@ -903,7 +906,7 @@ async fn delete_removes_the_user_for_scim_at_once(db: TestDb) {
 both_backends!(http_level_errors_are_scim_errors);
 async fn http_level_errors_are_scim_errors(db: TestDb) {
     let app = app(&db).await;
-    app.get("/scim/v2/Groups").await.assert_error(404, None);
+    app.get("/scim/v2/Devices").await.assert_error(404, None);
     app.get("/nowhere").await.assert_error(404, None);
     app.call(Method::DELETE, "/scim/v2/Users", Some(TOKEN_A), None)
         .await
@@ -1070,7 +1073,15 @@ async fn discovery_documents(db: TestDb) {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [USER_SCHEMA, ENTERPRISE, AMEYO]);
+    assert_eq!(
+        ids,
+        [
+            USER_SCHEMA,
+            "urn:ietf:params:scim:schemas:core:2.0:Group",
+            ENTERPRISE,
+            AMEYO
+        ]
+    );
     let ameyo = app.get(&format!("/scim/v2/Schemas/{AMEYO}")).await;
     let attrs: Vec<&str> = ameyo.body["attributes"]
         .as_array()
@@ -1102,11 +1113,15 @@ async fn discovery_documents(db: TestDb) {
         .assert_error(404, None);
 
     let rts = app.get("/scim/v2/ResourceTypes").await;
-    assert_eq!(rts.body["totalResults"], json!(1));
+    assert_eq!(rts.body["totalResults"], json!(2));
     assert_eq!(rts.body["Resources"][0]["endpoint"], json!("/Users"));
+    assert_eq!(rts.body["Resources"][1]["endpoint"], json!("/Groups"));
     let rt = app.get("/scim/v2/ResourceTypes/User").await;
     assert_eq!(rt.body["schemaExtensions"][0]["schema"], json!(ENTERPRISE));
-    app.get("/scim/v2/ResourceTypes/Group")
+    let rt = app.get("/scim/v2/ResourceTypes/Group").await;
+    assert_eq!(rt.status, 200, "{}", rt.text);
+    assert_eq!(rt.body["endpoint"], json!("/Groups"));
+    app.get("/scim/v2/ResourceTypes/Device")
         .await
         .assert_error(404, None);
 }
