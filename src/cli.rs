@@ -238,9 +238,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&copied)?);
             } else {
                 println!(
-                    "copied {} users, {} outbox rows ({} with changes still to deliver) and {} \
-                     attempt-log entries into {}; point database.url at it and start serve",
+                    "copied {} users, {} groups ({} memberships), {} outbox rows ({} with \
+                     changes still to deliver) and {} attempt-log entries into {}; point \
+                     database.url at it and start serve",
                     copied.users,
+                    copied.groups,
+                    copied.members,
                     copied.outbox_rows,
                     copied.pending,
                     copied.attempts,

@@ -1,8 +1,9 @@
 //! `migrate-store`: move an install from the embedded store to PostgreSQL. It copies
-//! the users (tombstones included), their outbox rows with every pending change, sealed
-//! password and Ameyo link, and the attempt log, in batches, into an empty, migrated
-//! PostgreSQL database, while holding the SQLite file's lock so no `serve` writes to it
-//! meanwhile. The shared Ameyo session is not copied: the first delivery logs in.
+//! the users (tombstones included), the groups and their members, the users' outbox
+//! rows with every pending change, sealed password and Ameyo link, and the attempt log,
+//! in batches, into an empty, migrated PostgreSQL database, while holding the SQLite
+//! file's lock so no `serve` writes to it meanwhile. The shared Ameyo session is not
+//! copied: the first delivery logs in.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -15,8 +16,10 @@ use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::config::{DatabaseKind, DatabaseSettings, database_kind, redacted_url};
+use crate::store::groups::{import_groups, import_members};
 use crate::store::outbox::{import_attempts, import_outbox};
 use crate::store::postgres::{MIGRATOR as PG_MIGRATOR, connect_lazy};
+use crate::store::sqlite::groups::SqliteGroupStore;
 use crate::store::sqlite::outbox::SqliteOutbox;
 use crate::store::sqlite::{MIGRATOR as SQLITE_MIGRATOR, connect as sqlite_connect};
 
@@ -27,6 +30,9 @@ const BATCH: i64 = 1_000;
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Copied {
     pub users: u64,
+    pub groups: u64,
+    /// Memberships (one per group and user).
+    pub members: u64,
     pub outbox_rows: u64,
     /// Of those, rows with a change not yet in Ameyo.
     pub pending: u64,
@@ -82,12 +88,14 @@ pub async fn run(from: &str, to: &str, quiet: bool) -> anyhow::Result<Copied> {
         .run(&dst)
         .await
         .with_context(|| format!("cannot apply migrations to {shown}"))?;
-    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&dst)
-        .await?;
-    if existing > 0 {
+    let (users, groups): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM groups)")
+            .fetch_one(&dst)
+            .await?;
+    if users > 0 || groups > 0 {
         anyhow::bail!(
-            "{shown} already holds {existing} users: migrate-store copies into an empty database only"
+            "{shown} already holds {users} users and {groups} groups: migrate-store copies \
+             into an empty database only"
         );
     }
     let progress = Progress {
@@ -166,9 +174,42 @@ async fn copy(
         progress.show("users", copied.users, total as u64);
     }
     progress.end();
+    // Members after their users and groups: the foreign keys hold at every statement.
+    copy_groups(src, dst, progress, &mut copied).await?;
     copy_outbox(src, dst, progress, &mut copied).await?;
     copy_attempts(src, dst, progress, &mut copied).await?;
     Ok(copied)
+}
+
+async fn copy_groups(
+    src: &SqlitePool,
+    dst: &mut sqlx::PgConnection,
+    progress: &Progress,
+    copied: &mut Copied,
+) -> anyhow::Result<()> {
+    let store = SqliteGroupStore::new(src.clone());
+    let (groups, members) = store.sizes().await?;
+    let mut after = None;
+    loop {
+        let rows = store.export_groups(after, BATCH).await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.id);
+        import_groups(dst, &rows).await?;
+        copied.groups += rows.len() as u64;
+        progress.show("groups", copied.groups, groups as u64);
+    }
+    progress.end();
+    let mut after = None;
+    loop {
+        let rows = store.export_members(after, BATCH).await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(*last);
+        import_members(dst, &rows).await?;
+        copied.members += rows.len() as u64;
+        progress.show("group members", copied.members, members as u64);
+    }
+    progress.end();
+    Ok(())
 }
 
 async fn copy_outbox(

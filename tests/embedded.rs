@@ -217,9 +217,10 @@ mod migrate {
 
     use ameyo_emulator::{Emulator, EmulatorOptions, Faults, Outage};
     use ameyo_scim::config::Settings;
+    use ameyo_scim::scim::group::{GroupInput, StoredGroup};
     use ameyo_scim::scim::resource::parse_user;
-    use ameyo_scim::store::IfMatch;
     use ameyo_scim::store::backend::{Access, Backend};
+    use ameyo_scim::store::{IfMatch, ListQuery, StoreError};
     use ameyo_scim::sync::Worker;
     use serde_json::{Value, json};
 
@@ -393,6 +394,178 @@ login_password = "x"
             .unwrap();
         assert!(!again.status.success());
         assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A group as both stores must hold it, members included.
+    fn group_fields(g: &StoredGroup) -> Value {
+        json!({
+            "id": g.id,
+            "displayName": g.display_name,
+            "externalId": g.external_id,
+            "version": g.version,
+            "created": g.created.to_rfc3339(),
+            "lastModified": g.last_modified.to_rfc3339(),
+            "members": g.members.iter().flatten().map(|m| json!([m.id, m.display])).collect::<Vec<_>>(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_and_memberships_move_with_the_users() {
+        let db = TestDb::postgres().await;
+        let dir = super::tempdir();
+        let file = format!("sqlite://{}", dir.join("store.db").display());
+        let lite_settings = settings(&file, "http://127.0.0.1:9");
+        let lite = Backend::open(&lite_settings, Access::Migrate)
+            .await
+            .unwrap();
+        let unwatched = |_: &str, _: Option<&str>| false;
+        let ann = create(
+            &lite,
+            json!({"userName": "ann@example.com", "displayName": "Ann Ångström"}),
+        )
+        .await;
+        let bob = create(&lite, json!({"userName": "bob@example.com"})).await;
+        let gone = create(&lite, json!({"userName": "gone@example.com"})).await;
+        let agents = lite
+            .groups
+            .create_group(
+                "a",
+                GroupInput {
+                    display_name: "ÉQUIPE Agents".into(),
+                    external_id: Some("0f1e2d3c".into()),
+                    members: vec![ann, bob, gone],
+                },
+                &unwatched,
+                false,
+            )
+            .await
+            .unwrap();
+        let supervisors = lite
+            .groups
+            .create_group(
+                "a",
+                GroupInput {
+                    display_name: "Supervisors".into(),
+                    external_id: None,
+                    members: vec![ann],
+                },
+                &unwatched,
+                false,
+            )
+            .await
+            .unwrap();
+        lite.groups
+            .create_group(
+                "a",
+                GroupInput {
+                    display_name: "Empty".into(),
+                    external_id: None,
+                    members: vec![],
+                },
+                &unwatched,
+                false,
+            )
+            .await
+            .unwrap();
+        // A deleted user leaves its groups; its tombstone moves without them.
+        lite.users.delete("a", gone, None).await.unwrap();
+        let all = ListQuery {
+            filter: None,
+            sort_by: None,
+            descending: false,
+            start_index: 1,
+            count: 100,
+        };
+        let before: Vec<_> = lite
+            .groups
+            .list_groups("a", &all, true)
+            .await
+            .unwrap()
+            .groups
+            .iter()
+            .map(group_fields)
+            .collect();
+        assert_eq!(before.len(), 3);
+        assert_eq!(
+            before[0]["members"].as_array().unwrap().len(),
+            2,
+            "{before:?}"
+        );
+        let ann_groups = lite.users.get("a", ann).await.unwrap().unwrap().groups;
+        assert_eq!(ann_groups.len(), 2);
+        drop(lite);
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ameyo-scim"))
+            .args(["migrate-store", "--json", "--from", &file, "--to"])
+            .arg(db.url())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let copied: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(copied["users"], 3, "{copied}");
+        assert_eq!(copied["groups"], 3, "{copied}");
+        assert_eq!(copied["members"], 3, "{copied}");
+
+        let pg_settings = settings(db.url(), "http://127.0.0.1:9");
+        let pg = Backend::postgres(db.pg_pool(), lite_settings_cipher(&pg_settings));
+        let after: Vec<_> = pg
+            .groups
+            .list_groups("a", &all, true)
+            .await
+            .unwrap()
+            .groups
+            .iter()
+            .map(group_fields)
+            .collect();
+        assert_eq!(after, before);
+        let moved = pg.users.get("a", ann).await.unwrap().unwrap();
+        assert_eq!(moved.groups, ann_groups);
+        assert_eq!(
+            moved
+                .groups
+                .iter()
+                .map(|g| (g.id, g.display.as_str(), g.external_id.as_deref()))
+                .collect::<Vec<_>>(),
+            // By display name, in code-point order.
+            vec![
+                (supervisors.id, "Supervisors", None),
+                (agents.id, "ÉQUIPE Agents", Some("0f1e2d3c")),
+            ]
+        );
+        assert!(
+            pg.users
+                .get("a", bob)
+                .await
+                .unwrap()
+                .unwrap()
+                .groups
+                .iter()
+                .map(|g| g.id)
+                .eq([agents.id])
+        );
+        // The moved rows obey PostgreSQL's rules: the name is taken whatever its case.
+        let taken = pg
+            .groups
+            .create_group(
+                "a",
+                GroupInput {
+                    display_name: "équipe AGENTS".into(),
+                    external_id: None,
+                    members: vec![],
+                },
+                &unwatched,
+                false,
+            )
+            .await;
+        assert!(
+            matches!(taken, Err(StoreError::DisplayNameTaken)),
+            "{taken:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

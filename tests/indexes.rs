@@ -9,6 +9,7 @@ use common::TestDb;
 use sqlx::PgPool;
 
 const USERS: i64 = 20_000;
+const GROUPS: i64 = 500;
 
 async fn seed(pool: &PgPool) {
     sqlx::query(
@@ -28,7 +29,33 @@ async fn seed(pool: &PgPool) {
     .execute(pool)
     .await
     .unwrap();
-    sqlx::query("ANALYZE users").execute(pool).await.unwrap();
+    // Groups of tenant a, each user in two of them: every listed user's `groups` is
+    // read through the membership and group indexes.
+    sqlx::query(
+        "INSERT INTO groups (id, tenant_id, display_name, version, created, last_modified)
+         SELECT gen_random_uuid(), 'a', 'Group ' || i, 1, now(), now()
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(GROUPS)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO group_members (group_id, user_id)
+         SELECT g.id, u.id
+         FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM users
+               WHERE tenant_id = 'a') AS u
+         JOIN (SELECT id, row_number() OVER (ORDER BY id) AS n FROM groups) AS g
+           ON g.n IN (u.n % $1 + 1, (u.n + 1) % $1 + 1)",
+    )
+    .bind(GROUPS)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE users, groups, group_members")
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 fn query(f: &str) -> ListQuery {

@@ -1,14 +1,17 @@
 //! One data set, two stores: the embedded SQLite store answers every list query (filter,
-//! sort, page, total) exactly as the PostgreSQL store does.
+//! sort, page, total) of users and of groups exactly as the PostgreSQL store does.
 
 mod common;
 
 use std::path::PathBuf;
 
 use ameyo_scim::scim::filter;
+use ameyo_scim::scim::group::{GroupChange, GroupInput, Members};
 use ameyo_scim::scim::resource::{StoredUser, UserInput, parse_user, revalidate};
 use ameyo_scim::scim::schema::{self, ENTERPRISE_USER, USER};
+use ameyo_scim::store::groups::{GroupPage, GroupStore, PgGroupStore};
 use ameyo_scim::store::password::PasswordCipher;
+use ameyo_scim::store::sqlite::groups::SqliteGroupStore;
 use ameyo_scim::store::sqlite::{self, SqliteStore};
 use ameyo_scim::store::{ListQuery, Page, PgStore, StoreError, UserStore};
 use serde_json::{Value, json};
@@ -424,4 +427,386 @@ async fn sqlite_answers_every_list_query_as_postgres_does() {
             Err(StoreError::Rejected(_))
         ));
     }
+}
+
+/// The groups of the group data set: names that fold beyond ASCII or hold LIKE's
+/// wildcards, caseExact externalIds, and members by user index.
+fn group_set() -> Vec<(&'static str, Option<&'static str>, Vec<usize>)> {
+    vec![
+        ("Sales", Some("EXT-1"), vec![0, 1, 2]),
+        ("sales-eu", Some("ext-1"), vec![2, 3]),
+        ("Équipe Support", None, vec![4]),
+        ("STRASSE", Some("s-1"), vec![5, 6]),
+        ("straße", None, vec![]),
+        ("İstanbul Ops", Some("İST"), vec![7, 0]),
+        ("ΟΔΟΣ", None, vec![8]),
+        ("50% off_sale", Some("wild%_"), vec![9]),
+        ("Zoë", None, vec![1]),
+        ("zoe", Some(""), vec![]),
+        ("Back\\slash", Some("b"), vec![3, 4, 5]),
+        ("Gone", None, vec![6]),
+    ]
+}
+
+/// One store's users and groups: ids by index, for filters that name them.
+struct GroupData {
+    users: Vec<Uuid>,
+    groups: Vec<Uuid>,
+}
+
+/// The same users, groups and group changes in one store, in the same order.
+async fn load_groups(users: &dyn UserStore, groups: &dyn GroupStore) -> GroupData {
+    let names = [
+        "ann", "Bob", "ÉMILE", "straße", "zoë", "İpek", "ΟΔΟΣ", "carol", "dave", "eve",
+    ];
+    let mut user_ids = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let mut u = json!({"userName": n});
+        if i % 3 == 0 {
+            u["displayName"] = json!(format!("Display {n}"));
+        }
+        user_ids.push(users.create("g1", input(u)).await.unwrap().id);
+    }
+    let unwatched = |_: &str, _: Option<&str>| false;
+    let mut group_ids = Vec::new();
+    for (name, ext, members) in group_set() {
+        let g = groups
+            .create_group(
+                "g1",
+                GroupInput {
+                    display_name: name.into(),
+                    external_id: ext.map(str::to_string),
+                    members: members.iter().map(|&i| user_ids[i]).collect(),
+                },
+                &unwatched,
+                false,
+            )
+            .await
+            .unwrap();
+        group_ids.push(g.id);
+    }
+    // Another tenant's group of the same name never shows.
+    groups
+        .create_group(
+            "g2",
+            GroupInput {
+                display_name: "Sales".into(),
+                external_id: Some("EXT-1".into()),
+                members: vec![],
+            },
+            &unwatched,
+            false,
+        )
+        .await
+        .unwrap();
+    // A rename, a member change, a deleted group, a deleted member.
+    let rename = GroupChange {
+        display_name: Some("Straße Nord".into()),
+        external_id: Some(Some("S-1".into())),
+        members: Members::Delta {
+            add: vec![user_ids[8]],
+            remove: vec![user_ids[5]],
+        },
+    };
+    groups
+        .change_group("g1", group_ids[3], None, &rename, &unwatched, false)
+        .await
+        .unwrap();
+    let replace = GroupChange {
+        members: Members::Replace(vec![user_ids[9], user_ids[2]]),
+        ..Default::default()
+    };
+    groups
+        .change_group("g1", group_ids[0], None, &replace, &unwatched, false)
+        .await
+        .unwrap();
+    groups
+        .delete_group("g1", group_ids[11], None, &unwatched)
+        .await
+        .unwrap();
+    users.delete("g1", user_ids[4], None).await.unwrap();
+    // The same rules hold in both.
+    let taken = groups
+        .create_group(
+            "g1",
+            GroupInput {
+                display_name: "ÉQUIPE SUPPORT".into(),
+                external_id: None,
+                members: vec![],
+            },
+            &unwatched,
+            false,
+        )
+        .await;
+    assert!(
+        matches!(taken, Err(StoreError::DisplayNameTaken)),
+        "{taken:?}"
+    );
+    let refused = groups
+        .create_group(
+            "g1",
+            GroupInput {
+                display_name: "New".into(),
+                external_id: None,
+                members: vec![user_ids[0], user_ids[4]],
+            },
+            &unwatched,
+            false,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Rejected(_))),
+        "{refused:?}"
+    );
+    GroupData {
+        users: user_ids,
+        groups: group_ids,
+    }
+}
+
+/// A list query on groups, parsed against the Group schema.
+fn group_query(
+    filter: Option<&str>,
+    sort: Option<&str>,
+    descending: bool,
+    start: u64,
+    count: u64,
+) -> ListQuery {
+    ListQuery {
+        filter: filter.map(|f| filter::parse_group(f).unwrap_or_else(|e| panic!("{f}: {e:?}"))),
+        sort_by: sort.map(|s| {
+            let (attr, sub) = schema::resolve_group(s).unwrap();
+            filter::AttrPath { attr, sub }
+        }),
+        descending,
+        start_index: start,
+        count,
+    }
+}
+
+/// `{uN}` and `{gN}` in a filter: this store's id of user or group N (`{GN}`: in upper
+/// case).
+fn with_ids(template: &str, data: &GroupData) -> String {
+    let mut f = template.to_string();
+    for (i, id) in data.users.iter().enumerate().rev() {
+        f = f.replace(&format!("{{u{i}}}"), &id.to_string());
+    }
+    for (i, id) in data.groups.iter().enumerate().rev() {
+        f = f.replace(&format!("{{g{i}}}"), &id.to_string());
+        f = f.replace(&format!("{{G{i}}}"), &id.to_string().to_uppercase());
+    }
+    f
+}
+
+/// A page of groups as their names and their members' names, sorted (ids differ between
+/// the stores).
+type ShownGroups = (u64, Vec<(String, Option<String>, Vec<Option<String>>)>);
+
+fn shown_groups(page: &GroupPage) -> ShownGroups {
+    let groups = page
+        .groups
+        .iter()
+        .map(|g| {
+            (g.display_name.clone(), g.external_id.clone(), {
+                // Members come in id order, and ids differ between the stores.
+                let mut members: Vec<Option<String>> = g
+                    .members
+                    .iter()
+                    .flatten()
+                    .map(|m| m.display.clone())
+                    .collect();
+                members.sort();
+                members
+            })
+        })
+        .collect();
+    (page.total, groups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_answers_every_group_query_as_postgres_does() {
+    let db = common::TestDb::postgres().await;
+    let cipher = PasswordCipher::new(&[7u8; 32]);
+    let pg_users = PgStore::new(db.pg_pool(), cipher.clone());
+    let pg_groups = PgGroupStore::new(db.pg_pool());
+    let path = std::env::temp_dir().join(format!("ameyo-scim-equivalence-{}.db", Uuid::new_v4()));
+    let _db = TempDb(path.clone());
+    let pool = sqlite::connect(&format!("sqlite://{}", path.display()), 4)
+        .await
+        .unwrap();
+    let lite_users = SqliteStore::new(pool.clone(), cipher);
+    lite_users.migrate().await.unwrap();
+    let lite_groups = SqliteGroupStore::new(pool);
+    let pg_data = load_groups(&pg_users, &pg_groups).await;
+    let lite_data = load_groups(&lite_users, &lite_groups).await;
+
+    let group_filters = [
+        r#"displayName eq "sales""#,
+        r#"displayName eq "ÉQUIPE SUPPORT""#,
+        r#"displayName eq "STRAẞE""#,
+        r#"displayName eq "straße nord""#,
+        r#"displayName co "STRA""#,
+        r#"displayName co "SSE""#,
+        r#"displayName sw "é""#,
+        r#"displayName sw "İS""#,
+        r#"displayName sw "SALES""#,
+        r#"displayName ew "OPS""#,
+        r#"displayName ew "οσ""#,
+        r#"displayName gt "m""#,
+        r#"displayName le "sales""#,
+        r#"displayName co "%""#,
+        r#"displayName co "_""#,
+        r#"displayName co "\\""#,
+        r#"displayName co """#,
+        "displayName pr",
+        r#"displayName ne "Sales""#,
+        r#"externalId eq "EXT-1""#,
+        r#"externalId eq "ext-1""#,
+        r#"externalId eq "s-1""#,
+        r#"externalId co "XT""#,
+        r#"externalId sw "İ""#,
+        r#"externalId co "%_""#,
+        r#"externalId gt "a""#,
+        "externalId pr",
+        "externalId eq null",
+        "not (externalId pr)",
+        "members pr",
+        "not (members pr)",
+        r#"members[value eq "{u2}"]"#,
+        r#"members.value eq "{u8}""#,
+        r#"members eq "{u0}""#,
+        r#"members[value eq "{u4}"]"#,
+        r#"members[value eq "not-an-id"]"#,
+        r#"not (members[value eq "{u2}"])"#,
+        r#"meta.created gt "2000-01-01T00:00:00Z""#,
+        r#"meta.lastModified lt "2000-01-01T00:00:00+02:00""#,
+        r#"meta.resourceType eq "group""#,
+        r#"meta.resourceType eq "Group""#,
+        r#"id eq "{g1}""#,
+        r#"id eq "{G2}""#,
+        r#"id eq "not-a-uuid""#,
+        r#"id ne "{g1}""#,
+        "id pr",
+        r#"displayName sw "s" or externalId eq "b""#,
+        r#"displayName sw "s" and members pr"#,
+        r#"not (displayName sw "s") and not (externalId eq "b")"#,
+    ];
+    // (label, filter, sort, descending, startIndex, count); filters name ids as `{uN}`.
+    type Case = (String, Option<String>, Option<&'static str>, bool, u64, u64);
+    let mut cases: Vec<Case> = group_filters
+        .iter()
+        .map(|f| (f.to_string(), Some(f.to_string()), None, false, 1, 100))
+        .collect();
+    for (sort, descending) in [
+        ("displayName", false),
+        ("displayName", true),
+        ("externalId", false),
+        ("externalId", true),
+        ("meta.created", true),
+        ("meta.lastModified", false),
+    ] {
+        cases.push((
+            format!("sortBy={sort} descending={descending}"),
+            None,
+            Some(sort),
+            descending,
+            1,
+            100,
+        ));
+    }
+    let members = Some("members pr".to_string());
+    cases.extend([
+        ("page 2".into(), None, None, false, 4, 3),
+        ("beyond the end".into(), None, None, false, 50, 3),
+        ("count 0".into(), members.clone(), None, false, 1, 0),
+        (
+            "sorted filtered page".into(),
+            members,
+            Some("displayName"),
+            true,
+            2,
+            3,
+        ),
+    ]);
+    let mut matched_something = 0;
+    for (label, f, sort, descending, start, count) in &cases {
+        let mut answers = Vec::new();
+        for (groups, data) in [
+            (&pg_groups as &dyn GroupStore, &pg_data),
+            (&lite_groups, &lite_data),
+        ] {
+            let f = f.as_deref().map(|f| with_ids(f, data));
+            let q = group_query(f.as_deref(), *sort, *descending, *start, *count);
+            let page = groups
+                .list_groups("g1", &q, true)
+                .await
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            answers.push(shown_groups(&page));
+        }
+        assert_eq!(answers[1], answers[0], "{label}");
+        if answers[0].0 > 0 {
+            matched_something += 1;
+        }
+    }
+    assert!(
+        matched_something * 10 >= cases.len() * 8,
+        "{matched_something}/{}",
+        cases.len()
+    );
+
+    // The users' side: filters on `groups`, and each user's groups.
+    let user_filters = [
+        r#"groups[value eq "{g1}"]"#,
+        r#"groups.value eq "{g0}""#,
+        r#"groups.value eq "{G5}""#,
+        r#"groups eq "{g3}""#,
+        r#"groups[value eq "{g11}"]"#,
+        r#"groups[value eq "not-an-id"]"#,
+        "groups pr",
+        "not (groups pr)",
+        r#"not (groups[value eq "{g0}"])"#,
+        r#"groups.display eq "SALES""#,
+        r#"groups.display eq "straße nord""#,
+        r#"groups[display co "STRA"]"#,
+        r#"groups.display sw "é""#,
+        r#"groups.display ew "OPS""#,
+        r#"groups[type eq "direct" and display sw "s"]"#,
+        r#"groups.type eq "DIRECT""#,
+        r#"groups[value eq "{g0}" or value eq "{g2}"]"#,
+    ];
+    for f in user_filters {
+        let mut answers = Vec::new();
+        for (users, data) in [
+            (&pg_users as &dyn UserStore, &pg_data),
+            (&lite_users, &lite_data),
+        ] {
+            let text = with_ids(f, data);
+            let q = query(Some(&text), None, false, 1, 100);
+            let page = users
+                .list("g1", &q)
+                .await
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+            answers.push(shown(&page));
+        }
+        assert_eq!(answers[1], answers[0], "{f}");
+    }
+    let mut users_groups = Vec::new();
+    for (users, data) in [
+        (&pg_users as &dyn UserStore, &pg_data),
+        (&lite_users, &lite_data),
+    ] {
+        let mut all = Vec::new();
+        for id in &data.users {
+            let groups = users.get("g1", *id).await.unwrap().map(|u| {
+                u.groups
+                    .iter()
+                    .map(|g| (g.display.clone(), g.external_id.clone()))
+                    .collect::<Vec<_>>()
+            });
+            all.push(groups);
+        }
+        users_groups.push(all);
+    }
+    assert_eq!(users_groups[1], users_groups[0]);
+    assert!(users_groups[0][2].as_ref().unwrap().len() >= 2);
 }

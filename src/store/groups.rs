@@ -77,7 +77,10 @@ const DISPLAY_NAME_KEY: &str = "groups_tenant_display_name_key";
 
 /// Where a group attribute of a filter or sort lives, as SQL over `groups g`.
 enum GroupAttr {
-    Text(&'static str, bool),
+    /// caseExact=false: compared and sorted through the dialect's folded form.
+    DisplayName,
+    /// A caseExact text column.
+    Text(&'static str),
     Time(&'static str),
     Id,
     Members,
@@ -88,8 +91,8 @@ enum GroupAttr {
 fn group_attr(path: &AttrPath) -> Result<GroupAttr, ScimError> {
     Ok(match (path.attr.attr.name, path.sub.map(|s| s.name)) {
         ("id", None) => GroupAttr::Id,
-        ("displayName", None) => GroupAttr::Text("g.display_name", false),
-        ("externalId", None) => GroupAttr::Text("g.external_id", true),
+        ("displayName", None) => GroupAttr::DisplayName,
+        ("externalId", None) => GroupAttr::Text("g.external_id"),
         ("meta", Some("created")) => GroupAttr::Time("g.created"),
         ("meta", Some("lastModified")) => GroupAttr::Time("g.last_modified"),
         ("meta", Some("resourceType")) => GroupAttr::ResourceType,
@@ -120,6 +123,12 @@ pub(crate) trait GroupDialect {
     );
     /// The id as text, for comparisons other than equality.
     const ID_TEXT: &'static str;
+    /// What displayName is compared through (with `case_exact` false).
+    const DISPLAY_NAME: &'static str;
+    /// The case-insensitive sort key of displayName.
+    const DISPLAY_NAME_SORT: &'static str;
+    /// The resource type as a text expression compared with `case_exact` false.
+    const RESOURCE_TYPE: &'static str;
 }
 
 /// A group filter as a boolean SQL expression over `groups g`.
@@ -149,7 +158,10 @@ pub(crate) fn push_group_filter<D: GroupDialect>(
             push_group_filter::<D>(qb, inner)?;
         }
         Filter::Present(path) => match group_attr(path)? {
-            GroupAttr::Text(col, _) => {
+            GroupAttr::DisplayName => {
+                qb.push(format!("(coalesce({}, '') <> '')", D::DISPLAY_NAME));
+            }
+            GroupAttr::Text(col) => {
                 qb.push(format!("(coalesce({col}, '') <> '')"));
             }
             GroupAttr::Members => {
@@ -191,8 +203,9 @@ fn push_compare<D: GroupDialect>(
         qb.push("((");
     }
     match attr {
-        GroupAttr::Text(col, case_exact) => D::push_text_cmp(qb, col, case_exact, op, s),
-        GroupAttr::ResourceType => D::push_text_cmp(qb, "'Group'", false, op, s),
+        GroupAttr::DisplayName => D::push_text_cmp(qb, D::DISPLAY_NAME, false, op, s),
+        GroupAttr::Text(col) => D::push_text_cmp(qb, col, true, op, s),
+        GroupAttr::ResourceType => D::push_text_cmp(qb, D::RESOURCE_TYPE, false, op, s),
         GroupAttr::Id if op == CompareOp::Eq => match Uuid::parse_str(s) {
             Ok(id) => {
                 qb.push("g.id = ");
@@ -253,10 +266,10 @@ fn push_compare<D: GroupDialect>(
 }
 
 /// The ORDER BY key of a group sort.
-pub(crate) fn group_sort_expr(path: &AttrPath) -> Result<&'static str, ScimError> {
+pub(crate) fn group_sort_expr<D: GroupDialect>(path: &AttrPath) -> Result<&'static str, ScimError> {
     Ok(match group_attr(path)? {
-        GroupAttr::Text("g.display_name", _) => "lower(g.display_name)",
-        GroupAttr::Text(col, _) => col,
+        GroupAttr::DisplayName => D::DISPLAY_NAME_SORT,
+        GroupAttr::Text(col) => col,
         GroupAttr::Time(col) => col,
         GroupAttr::Id => "g.id",
         GroupAttr::ResourceType => "g.created",
@@ -290,7 +303,7 @@ pub(crate) fn push_group_order<D: GroupDialect>(
 ) -> Result<(i64, i64), ScimError> {
     qb.push(" ORDER BY ");
     if let Some(sort) = &q.sort_by {
-        qb.push(group_sort_expr(sort)?);
+        qb.push(group_sort_expr::<D>(sort)?);
         qb.push(if q.descending {
             " DESC NULLS LAST, "
         } else {
@@ -310,6 +323,10 @@ pub(crate) struct PgGroups;
 impl GroupDialect for PgGroups {
     type Db = Postgres;
     const ID_TEXT: &'static str = "g.id::text";
+    // push_text_cmp lowers both sides, as the unique index on lower(display_name) is.
+    const DISPLAY_NAME: &'static str = "g.display_name";
+    const DISPLAY_NAME_SORT: &'static str = "lower(g.display_name)";
+    const RESOURCE_TYPE: &'static str = "'Group'::text";
 
     fn push_id(qb: &mut QueryBuilder<Postgres>, id: Uuid) {
         qb.push_bind(id);
@@ -740,4 +757,66 @@ impl GroupStore for PgGroupStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// One group row whole, as `migrate-store` moves it between stores (its members move
+/// as [`MemberRecord`]s, after the users and the groups).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRecord {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    pub version: i64,
+    pub created: DateTime<Utc>,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// One membership row, as `migrate-store` moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemberRecord {
+    pub group_id: Uuid,
+    pub user_id: Uuid,
+}
+
+/// Write exported groups into PostgreSQL (inside the caller's transaction).
+pub async fn import_groups(conn: &mut sqlx::PgConnection, rows: &[GroupRecord]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO groups (id, tenant_id, display_name, external_id, version, created,
+                             last_modified)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                              $6::timestamptz[], $7::timestamptz[])",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.display_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.external_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.created).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.last_modified).collect::<Vec<_>>())
+    .execute(conn)
+    .await
+    .map_err(map_unique)?;
+    Ok(())
+}
+
+/// Write exported memberships into PostgreSQL, after their users and groups.
+pub async fn import_members(conn: &mut sqlx::PgConnection, rows: &[MemberRecord]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO group_members (group_id, user_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[])",
+    )
+    .bind(rows.iter().map(|r| r.group_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -104,15 +104,18 @@ impl PgStore {
 }
 
 /// The columns a [`StoredUser`] is read from, as a macro so SQL can be `concat!`ed at
-/// compile time (sqlx accepts only static SQL without an explicit audit).
+/// compile time (sqlx accepts only static SQL without an explicit audit). The user's
+/// groups: its membership rows, each group looked up by its key (a join would let the
+/// planner scan and hash a small groups table once per listed user).
 macro_rules! user_columns {
     () => {
         "u.id, u.resource, u.version, u.created, u.last_modified, u.active,
-         (SELECT coalesce(jsonb_agg(jsonb_build_object('value', g.id, 'display', g.display_name,
-                                                       'externalId', g.external_id)),
+         (SELECT coalesce(jsonb_agg((SELECT jsonb_build_object('value', g.id,
+                                                               'display', g.display_name,
+                                                               'externalId', g.external_id)
+                                     FROM groups g WHERE g.id = gm.group_id)),
                           '[]'::jsonb)
-          FROM group_members gm JOIN groups g ON g.id = gm.group_id
-          WHERE gm.user_id = u.id) AS groups"
+          FROM group_members gm WHERE gm.user_id = u.id) AS groups"
     };
 }
 

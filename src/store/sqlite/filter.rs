@@ -243,7 +243,7 @@ impl Dialect for SqliteDialect {
         let key_prefix = op == CompareOp::Sw && expr == Self::USER_NAME && !s.is_empty();
         if key_prefix {
             qb.push("(");
-            push_key_prefix_range(qb, &fold_case(s));
+            push_key_prefix_range(qb, Self::USER_NAME, &fold_case(s));
         }
         push_text_test(qb, expr, case_exact, op, s);
         if key_prefix {
@@ -270,13 +270,14 @@ impl Dialect for SqliteDialect {
     }
 }
 
-/// `userName sw "..."` also as a range of `user_name_key`, so the unique index answers
-/// it (PostgreSQL's text_pattern_ops index does); the exact test follows.
-fn push_key_prefix_range(qb: &mut QueryBuilder<Sqlite>, prefix: &str) {
-    qb.push("u.user_name_key >= ");
+/// `userName sw "..."` (and a group's `displayName sw "..."`) also as a range of the
+/// folded key column `key`, so its unique index answers it (PostgreSQL's
+/// text_pattern_ops index does); the exact test follows.
+pub(crate) fn push_key_prefix_range(qb: &mut QueryBuilder<Sqlite>, key: &str, prefix: &str) {
+    qb.push(format!("{key} >= "));
     qb.push_bind(prefix.to_string());
     if let Some(upper) = prefix_upper_bound(prefix) {
-        qb.push(" AND u.user_name_key < ");
+        qb.push(format!(" AND {key} < "));
         qb.push_bind(upper);
     }
     qb.push(" AND ");

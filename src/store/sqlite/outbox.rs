@@ -37,6 +37,7 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 use super::{now, now_plus};
+use crate::ameyo::mapping::GroupKey;
 use crate::store::outbox::{
     Attempt, AttemptRecord, Claimed, Completion, Link, LinkedUser, Outbox, OutboxRecord, SyncCount,
     SyncEntry, UserIdClaim, Which,
@@ -82,8 +83,28 @@ pub(crate) async fn insert_pending(
     Ok(())
 }
 
-/// Mark a user's outbox row pending at `version`. A row a worker holds stays leased:
-/// the worker sees the newer desired version when it completes and goes round again.
+/// The columns that make an outbox row pending (all but the desired version and the
+/// password). A row a worker holds stays leased: the worker sees the newer desired
+/// version when it completes and goes round again.
+macro_rules! set_pending {
+    () => {
+        concat!(
+            "state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
+            pending_since = CASE WHEN state IN ('pending', 'leased')
+                                 THEN coalesce(pending_since, ",
+            now!(),
+            ") ELSE ",
+            now!(),
+            " END,
+            attempts = 0, next_attempt_at = ",
+            now!(),
+            ", last_error = NULL, updated_at = ",
+            now!()
+        )
+    };
+}
+
+/// Mark a user's outbox row pending at `version`.
 pub(crate) async fn mark_pending(
     conn: &mut SqliteConnection,
     user: Uuid,
@@ -96,18 +117,8 @@ pub(crate) async fn mark_pending(
         PendingPassword::Erase => (false, true, None),
     };
     sqlx::query(concat!(
-        "UPDATE sync_state SET desired_version = ?2,
-            state = CASE WHEN state = 'leased' THEN 'leased' ELSE 'pending' END,
-            pending_since = CASE WHEN state IN ('pending', 'leased')
-                                 THEN coalesce(pending_since, ",
-        now!(),
-        ") ELSE ",
-        now!(),
-        " END,
-            attempts = 0, next_attempt_at = ",
-        now!(),
-        ", last_error = NULL, updated_at = ",
-        now!(),
+        "UPDATE sync_state SET desired_version = ?2, ",
+        set_pending!(),
         ",
             pending_password = CASE WHEN ?3 THEN ?5 WHEN ?4 THEN NULL ELSE pending_password END,
             password_version = CASE WHEN ?3 THEN ?2 WHEN ?4 THEN NULL ELSE password_version END
@@ -121,6 +132,23 @@ pub(crate) async fn mark_pending(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Mark the outbox rows of `users` (a JSON array of ids, see [`json_list`]) pending at
+/// their users' current versions, keeping any password waiting: one statement however
+/// many users a group change touched. Returns how many rows were marked.
+pub(crate) async fn mark_pending_many(conn: &mut SqliteConnection, users: &str) -> Result<u64> {
+    Ok(sqlx::query(concat!(
+        "UPDATE sync_state SET
+            desired_version = (SELECT u.version FROM users u WHERE u.id = sync_state.user_id), ",
+        set_pending!(),
+        "
+         WHERE user_id IN (SELECT value FROM json_each(?1))"
+    ))
+    .bind(users)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// Re-arm a dead-lettered user inside a SCIM write that changed nothing: an IdP's "push
@@ -351,7 +379,7 @@ fn is_owner_conflict(e: &sqlx::Error) -> bool {
 
 /// A list bound as one parameter (a JSON array), read in SQL with `json_each`: SQLite
 /// has no array parameters.
-fn json_list(items: impl IntoIterator<Item = String>) -> String {
+pub(crate) fn json_list(items: impl IntoIterator<Item = String>) -> String {
     items.into_iter().collect::<Value>().to_string()
 }
 
@@ -427,13 +455,27 @@ const LEASE_SQL: &str = concat!(
 WHERE user_id = ?1"
 );
 
-const CLAIMED_SQL: &str = "
+/// The groups of user `u` as the mapping rules see them (a JSON array).
+macro_rules! group_keys {
+    () => {
+        "(SELECT json_group_array(json_object('display_name', g.display_name,
+                                              'external_id', g.external_id))
+          FROM group_members gm JOIN groups g ON g.id = gm.group_id
+          WHERE gm.user_id = u.id) AS groups"
+    };
+}
+
+const CLAIMED_SQL: &str = concat!(
+    "
 SELECT s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
        s.create_attempted, s.intended_user_id, s.ameyo_user_id, s.cc_user_id,
        s.ameyo_locked, s.last_pushed, u.resource, u.version, u.active,
-       (u.deleted_at IS NOT NULL) AS deleted
+       (u.deleted_at IS NOT NULL) AS deleted, ",
+    group_keys!(),
+    "
 FROM sync_state s JOIN users u ON u.id = s.user_id
-WHERE s.user_id = ?1";
+WHERE s.user_id = ?1"
+);
 
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
@@ -452,6 +494,8 @@ struct ClaimedRow {
     version: i64,
     active: bool,
     deleted: bool,
+    #[sqlx(json)]
+    groups: Vec<GroupKey>,
 }
 
 impl ClaimedRow {
@@ -471,7 +515,7 @@ impl ClaimedRow {
                 last_pushed: self.last_pushed,
             },
             resource: self.resource,
-            groups: vec![],
+            groups: self.groups,
             version: self.version,
             active: self.active,
             deleted: self.deleted,
@@ -661,10 +705,14 @@ const FORGET_SQL: &str = concat!(
 WHERE user_id IN (SELECT value FROM json_each(?1))"
 );
 
-const LINKED_USERS_SQL: &str = "
-SELECT u.id, u.user_name, u.active, u.resource, s.ameyo_user_id
+const LINKED_USERS_SQL: &str = concat!(
+    "
+SELECT u.id, u.user_name, u.active, u.resource, s.ameyo_user_id, ",
+    group_keys!(),
+    "
 FROM users u JOIN sync_state s ON s.user_id = u.id
-WHERE u.tenant_id = ?1 AND u.deleted_at IS NULL ORDER BY u.user_name";
+WHERE u.tenant_id = ?1 AND u.deleted_at IS NULL ORDER BY u.user_name"
+);
 
 #[derive(sqlx::FromRow)]
 struct LinkedRow {
@@ -673,6 +721,8 @@ struct LinkedRow {
     active: bool,
     resource: Value,
     ameyo_user_id: Option<String>,
+    #[sqlx(json)]
+    groups: Vec<GroupKey>,
 }
 
 /// A 0/1 column as a JSON boolean (SQLite has no boolean type).
@@ -1044,7 +1094,7 @@ impl Outbox for SqliteOutbox {
                 active: r.active,
                 resource: r.resource,
                 ameyo_user_id: r.ameyo_user_id,
-                groups: vec![],
+                groups: r.groups,
             })
             .collect())
     }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::MIGRATOR;
 use super::filter::{fold_case, search_document};
 use super::outbox::{PendingPassword, insert_pending, mark_pending, rearm_if_dead};
-use crate::scim::resource::{StoredUser, UserInput};
+use crate::scim::resource::{StoredUser, UserGroup, UserInput};
 use crate::store::password::PasswordCipher;
 use crate::store::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
 
@@ -52,17 +52,22 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
         .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
 }
 
-/// The columns a [`StoredUser`] is read from, as a macro for `concat!`.
+/// The columns a [`StoredUser`] is read from, as a macro for `concat!`: the user's
+/// groups as a JSON array, as PostgreSQL aggregates them.
 macro_rules! user_columns {
     () => {
-        "u.id, u.resource, u.version, u.created, u.last_modified, u.active"
+        "u.id, u.resource, u.version, u.created, u.last_modified, u.active,
+         (SELECT json_group_array(json_object('value', g.id, 'display', g.display_name,
+                                              'externalId', g.external_id))
+          FROM group_members gm JOIN groups g ON g.id = gm.group_id
+          WHERE gm.user_id = u.id) AS groups"
     };
 }
 
-type UserRow = (String, String, i64, String, String, bool);
+type UserRow = (String, String, i64, String, String, bool, String);
 
 fn row_to_user(
-    (id, resource, version, created, last_modified, active): UserRow,
+    (id, resource, version, created, last_modified, active, groups): UserRow,
 ) -> Result<StoredUser> {
     let decode =
         |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Database(sqlx::Error::Decode(e));
@@ -70,6 +75,7 @@ fn row_to_user(
         Value::Object(m) => m,
         _ => Map::new(),
     };
+    let groups = serde_json::from_str(&groups).map_err(|e| decode(Box::new(e)))?;
     Ok(StoredUser {
         id: Uuid::parse_str(&id).map_err(|e| decode(Box::new(e)))?,
         resource,
@@ -77,7 +83,7 @@ fn row_to_user(
         active,
         created: parse_time(&created)?,
         last_modified: parse_time(&last_modified)?,
-        groups: vec![],
+        groups: UserGroup::parse_list(groups),
     })
 }
 
@@ -86,7 +92,7 @@ fn to_json(m: &Map<String, Value>) -> Result<String> {
 }
 
 /// A database error as the store reports it.
-fn db_error(e: sqlx::Error) -> StoreError {
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
         // The only unique rule a write can break (ids are fresh UUIDs).
         if db.kind() == ErrorKind::UniqueViolation && db.message().contains("users.user_name_key") {
@@ -125,6 +131,9 @@ WHERE tenant_id = ?1 AND id = ?2";
 const DELETE_SQL: &str = "
 UPDATE users SET deleted_at = ?3, version = ?4, last_modified = ?3
 WHERE tenant_id = ?1 AND id = ?2";
+
+/// A deleted user is gone from every group, in the delete's transaction.
+const LEAVE_GROUPS_SQL: &str = "DELETE FROM group_members WHERE user_id = ?1";
 
 fn count_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Sqlite>> {
     Ok(super::filter::count_query(prefix, tenant, q)?)
@@ -381,6 +390,11 @@ impl UserStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        sqlx::query(LEAVE_GROUPS_SQL)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         // A deleted user's password is never delivered: erase it now.
         mark_pending(&mut tx, id, version, PendingPassword::Erase).await?;
         tx.commit().await.map_err(db_error)?;
@@ -420,7 +434,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>> {
-        let row: Option<(String, String, i64, String, String, bool, bool)> =
+        let row: Option<(String, String, i64, String, String, bool, String, bool)> =
             sqlx::query_as(concat!(
                 "SELECT ",
                 user_columns!(),
@@ -433,8 +447,8 @@ impl UserStore for SqliteStore {
             .map_err(db_error)?;
         match row {
             None => Ok(None),
-            Some((a, b, c, d, e, f, deleted)) => {
-                Ok(Some((row_to_user((a, b, c, d, e, f))?, deleted)))
+            Some((a, b, c, d, e, f, g, deleted)) => {
+                Ok(Some((row_to_user((a, b, c, d, e, f, g))?, deleted)))
             }
         }
     }
