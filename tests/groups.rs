@@ -63,7 +63,7 @@ both_backends!(
     entra_app_roles_on_the_user_drive_the_role,
     a_thousand_members_in_one_patch,
     concurrent_membership_changes_neither_deadlock_nor_orphan,
-    patch_answers_204_or_the_group_as_asked,
+    patch_answers_200_with_the_group_as_asked,
     root_search_finds_users_and_groups,
 );
 
@@ -118,9 +118,10 @@ async fn entra_group_provisioning(db: TestDb) {
             patch(json!([{"op": "Add", "path": "members", "value": add}])),
         )
         .await;
-    // 204 without a body: the entire group would carry every member.
-    assert_eq!(r.status, 204, "{}", r.text);
-    assert!(r.text.is_empty(), "{}", r.text);
+    // 200 with the group; a small group's members come along.
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["members"].as_array().unwrap().len(), 3, "{}", r.text);
+    assert!(r.body["members"][0].get("display").is_none(), "{}", r.text);
     assert!(r.header("etag").is_some());
     assert_eq!(member_ids(&app, &gid).await.len(), 3);
 
@@ -131,7 +132,7 @@ async fn entra_group_provisioning(db: TestDb) {
             patch(json!([{"op": "Remove", "path": "members", "value": [{"value": ids[0]}]}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await, sorted(&[&ids[1], &ids[2]]));
 
     // With the flag: a filtered path.
@@ -141,7 +142,7 @@ async fn entra_group_provisioning(db: TestDb) {
             patch(json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1])}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await, vec![ids[2].clone()]);
 
     // Rename; PATCH with `attributes=members` returns them.
@@ -228,7 +229,7 @@ async fn okta_group_push(db: TestDb) {
             ])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     let r = app
         .patch(
             &uri,
@@ -239,7 +240,7 @@ async fn okta_group_push(db: TestDb) {
             ])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         app.get(&uri).await.body["displayName"],
         json!("Supervisors")
@@ -253,7 +254,7 @@ async fn okta_group_push(db: TestDb) {
             patch(json!([{"op": "replace", "path": "members", "value": [{"value": ids[3]}, {"value": ids[0]}]}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await, sorted(&[&ids[0], &ids[3]]));
 
     // Wizard apps: PUT with the whole member list; the answer carries the members.
@@ -270,7 +271,11 @@ async fn okta_group_push(db: TestDb) {
         member_ids(&app, &gid).await,
         sorted(&[&ids[1], &ids[2], &ids[3]])
     );
-    let displayed = app.get(&uri).await.body["members"][0]["display"].clone();
+    let displayed = app
+        .get(&format!("{uri}?attributes=members.display"))
+        .await
+        .body["members"][0]["display"]
+        .clone();
     assert!(
         displayed.as_str().unwrap().ends_with("@x.test"),
         "{displayed}"
@@ -280,7 +285,7 @@ async fn okta_group_push(db: TestDb) {
     let r = app
         .patch(&uri, patch(json!([{"op": "remove", "path": "members"}])))
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert!(member_ids(&app, &gid).await.is_empty());
 
     // Import: paging by 100 with integers.
@@ -592,7 +597,7 @@ async fn group_etags_and_preconditions(db: TestDb) {
             &[("if-match", &v1)],
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     let v2 = r.header("etag").unwrap().to_string();
     assert_ne!(v1, v2);
     // The member's version moved too: its `groups` changed.
@@ -762,7 +767,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "add", "path": "members", "value": [{"value": ids[0]}]}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     // Durable before the answer: the outbox row is pending in the same transaction.
     assert_eq!(s.sync_row(&ids[0]).await.0, "pending");
     assert_eq!(
@@ -784,7 +789,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
         .app
         .patch(&uri, patch(json!([{"op": "replace", "value": {"id": gid, "displayName": "Former Supervisors"}}])))
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("sup@x.test").unwrap()["userType"],
@@ -798,7 +803,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "replace", "path": "displayName", "value": "CC Supervisors"}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("sup@x.test").unwrap()["userType"],
@@ -813,7 +818,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[0])}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("sup@x.test").unwrap()["userType"],
@@ -828,7 +833,7 @@ async fn membership_drives_the_ameyo_role(db: TestDb) {
             patch(json!([{"op": "add", "path": "members", "value": [{"value": ids[1]}]}])),
         )
         .await;
-    assert_eq!(r.status, 204);
+    assert_eq!(r.status, 200);
     s.drain(LIMIT).await;
     assert_eq!(
         s.ameyo_user("agent@x.test").unwrap()["userType"],
@@ -969,7 +974,7 @@ async fn entra_app_roles_on_the_user_drive_the_role(db: TestDb) {
 async fn a_thousand_members_in_one_patch(db: TestDb) {
     let app = app(&db).await;
     let mut ids = Vec::new();
-    for i in 0..1000 {
+    for i in 0..1001 {
         ids.push(app.create_named(&format!("m{i:04}@x.test")).await);
     }
     let r = app
@@ -977,21 +982,48 @@ async fn a_thousand_members_in_one_patch(db: TestDb) {
         .await;
     let gid = r.body["id"].as_str().unwrap().to_string();
     let uri = format!("/scim/v2/Groups/{gid}");
-    let add: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    let add: Vec<Value> = ids[..1000].iter().map(|id| json!({"value": id})).collect();
     let r = app
         .patch(
             &uri,
             patch(json!([{"op": "add", "path": "members", "value": add}])),
         )
         .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["members"].as_array().unwrap().len(),
+        1000,
+        "at most 1,000: shown"
+    );
     assert_eq!(member_ids(&app, &gid).await.len(), 1000);
+    // A larger group's members are left out of a PATCH answer unless asked for.
+    let one = patch(json!([{"op": "add", "path": "members", "value": [{"value": ids[1000]}]}]));
+    let r = app.patch(&uri, one.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body.get("members").is_none(),
+        "1,001 members are not sent back"
+    );
+    assert_eq!(r.body["displayName"], json!("Big"));
+    let r = app
+        .patch(&format!("{uri}?attributes=members,displayName"), one)
+        .await;
+    assert_eq!(r.body["members"].as_array().unwrap().len(), 1001);
+    let r = app
+        .patch(
+            &uri,
+            patch(
+                json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", ids[1000])}]),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let remove: Vec<Value> = ids[..500]
         .iter()
         .map(|id| json!({"op": "remove", "path": format!("members[value eq \"{id}\"]")}))
         .collect();
     let r = app.patch(&uri, patch(Value::Array(remove))).await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(member_ids(&app, &gid).await.len(), 500);
     let f = format!(
         "/scim/v2/Users?count=1&filter={}",
@@ -1087,11 +1119,9 @@ async fn concurrent_membership_changes_neither_deadlock_nor_orphan(db: TestDb) {
     );
 }
 
-/// RFC 7644 §3.5.2: 200 with the entire resource (subject to `attributes` /
-/// `excludedAttributes`), or 204. Without those parameters a group PATCH is answered 204
-/// and its new ETag; with them, 200 and the group as asked for, members included unless
-/// left out.
-async fn patch_answers_204_or_the_group_as_asked(db: TestDb) {
+/// RFC 7644 §3.5.2: 200 with the resource, subject to `attributes` and
+/// `excludedAttributes`. A member's `display` only when asked for by name.
+async fn patch_answers_200_with_the_group_as_asked(db: TestDb) {
     let app = app(&db).await;
     let ids = users(&app, &["p1@x.test", "p2@x.test"]).await;
     let r = app
@@ -1105,15 +1135,26 @@ async fn patch_answers_204_or_the_group_as_asked(db: TestDb) {
     let add = |id: &str| patch(json!([{"op": "add", "path": "members", "value": [{"value": id}]}]));
 
     let r = app.patch(&uri, add(&ids[0])).await;
-    assert_eq!(r.status, 204, "{}", r.text);
-    assert!(r.text.is_empty(), "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["members"][0]["value"], json!(ids[0]), "{}", r.text);
+    assert_eq!(r.body["members"][0]["type"], json!("User"));
+    assert!(r.body["members"][0].get("display").is_none());
+    assert_eq!(r.body["meta"]["version"], json!(r.header("etag").unwrap()));
     let etag = r.header("etag").unwrap().to_string();
+    let shown = app
+        .get(&format!("{uri}?attributes=members.display,displayName"))
+        .await;
+    assert_eq!(
+        shown.body["members"][0]["display"],
+        json!("p1@x.test"),
+        "{}",
+        shown.text
+    );
     let current = app.get(&uri).await;
     assert_eq!(current.header("etag").unwrap(), etag);
     assert_eq!(current.body["meta"]["version"], json!(etag));
 
-    // Any projection parameter asks for the group: the entire resource but what it
-    // leaves out, every member included.
+    // The projection parameters shape the answer as for a GET.
     let r = app
         .patch(
             &format!("{uri}?excludedAttributes=externalId"),

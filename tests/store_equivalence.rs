@@ -509,7 +509,7 @@ async fn load_groups(users: &dyn UserStore, groups: &dyn GroupStore) -> GroupDat
         },
     };
     groups
-        .change_group("g1", group_ids[3], None, &rename, &unwatched, false)
+        .change_group("g1", group_ids[3], None, &rename, &unwatched, None)
         .await
         .unwrap();
     let replace = GroupChange {
@@ -517,7 +517,7 @@ async fn load_groups(users: &dyn UserStore, groups: &dyn GroupStore) -> GroupDat
         ..Default::default()
     };
     groups
-        .change_group("g1", group_ids[0], None, &replace, &unwatched, false)
+        .change_group("g1", group_ids[0], None, &replace, &unwatched, None)
         .await
         .unwrap();
     groups

@@ -22,10 +22,16 @@ use crate::store::ListQuery;
 pub(super) struct GroupProjection {
     include: Option<Vec<String>>,
     exclude: Vec<String>,
+    /// A member's `display` (the user's displayName, else its userName) is returned when
+    /// asked for by name (`attributes=members.display`): RFC 7643's Group schema gives
+    /// members `value`, `$ref` and `type`, and clients compare what they read back with
+    /// what they sent.
+    display: bool,
 }
 
 impl GroupProjection {
-    fn names(list: &[String]) -> Vec<String> {
+    /// The names of a list without the Group schema's URN, lower case.
+    fn full_names(list: &[String]) -> Vec<String> {
         list.iter()
             .filter_map(|n| {
                 let n = n.trim();
@@ -35,9 +41,16 @@ impl GroupProjection {
                     }
                     _ => n,
                 };
-                let top = n.split('.').next().unwrap_or("").to_ascii_lowercase();
-                (!top.is_empty()).then_some(top)
+                (!n.is_empty()).then(|| n.to_ascii_lowercase())
             })
+            .collect()
+    }
+
+    fn names(list: &[String]) -> Vec<String> {
+        Self::full_names(list)
+            .into_iter()
+            .map(|n| n.split('.').next().unwrap_or("").to_string())
+            .filter(|n| !n.is_empty())
             .collect()
     }
 
@@ -46,6 +59,9 @@ impl GroupProjection {
         Self {
             include: (!include.is_empty()).then_some(include),
             exclude: Self::names(excluded),
+            display: Self::full_names(attributes)
+                .iter()
+                .any(|n| n == "members.display"),
         }
     }
 
@@ -58,6 +74,13 @@ impl GroupProjection {
         Self::new(&split(&p.attributes), &split(&p.excluded))
     }
 
+    /// Whether `attributes` names `members`.
+    pub(super) fn names_members(&self) -> bool {
+        self.include
+            .as_ref()
+            .is_some_and(|names| names.iter().any(|n| n == "members"))
+    }
+
     /// Whether the members must be read: asked for, or returned by default.
     pub(super) fn members(&self, by_default: bool) -> bool {
         match &self.include {
@@ -67,6 +90,13 @@ impl GroupProjection {
     }
 
     pub(super) fn apply(&self, mut full: Map<String, Value>) -> Map<String, Value> {
+        if !self.display
+            && let Some(Value::Array(members)) = full.get_mut("members")
+        {
+            for m in members.iter_mut().filter_map(Value::as_object_mut) {
+                m.remove("display");
+            }
+        }
         full.retain(|k, _| {
             let k = k.to_ascii_lowercase();
             if k == "id" || k == "schemas" {
@@ -80,6 +110,10 @@ impl GroupProjection {
         full
     }
 }
+
+/// Most members a PATCH answer carries unless `attributes` asks for them: a larger
+/// group's answer leaves them out.
+pub const PATCH_MEMBERS_SHOWN: usize = 1000;
 
 fn group_id(id: &str) -> Result<Uuid, ScimError> {
     Uuid::parse_str(id).map_err(|_| ScimError::not_found("no group with that id"))
@@ -240,7 +274,8 @@ pub async fn replace(
 ) -> ApiResult<Response> {
     let projection = GroupProjection::from_params(&Params::parse(query.as_deref()));
     let change = GroupChange::from(group::parse_group(body)?);
-    let members = projection.members(true);
+    // A PUT sent the whole member list: the answer carries it back.
+    let members = projection.members(true).then_some(usize::MAX);
     let g = write(
         &state,
         &tenant,
@@ -268,15 +303,21 @@ pub async fn patch(
     ScimBody(body): ScimBody,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref());
-    // RFC 7644 §3.5.2: a PATCH is answered with 200 and the entire resource (subject to
-    // `attributes` / `excludedAttributes`), or with 204. The entire resource holds every
-    // member, and a group of 100,000 members is not sent back on every membership
-    // change: without those parameters the answer is 204 with the new ETag, which Okta
-    // and Entra ID both take; with them, 200 and the group as asked for.
-    let represent = params.attributes.is_some() || params.excluded.is_some();
+    // RFC 7644 §3.5.2: 200 and the resource (subject to `attributes` and
+    // `excludedAttributes`), or 204; scim-sanity and most clients expect 200. The
+    // resource holds every member, and a group of 100,000 members is not sent back on
+    // every membership change: by default the answer carries the members when there are
+    // at most PATCH_MEMBERS_SHOWN of them, and leaves them out of a larger group; a
+    // request naming `members` in `attributes` gets them all.
     let projection = GroupProjection::from_params(&params);
     let change = group::parse_patch(body)?;
-    let members = represent && projection.members(true);
+    let members = if projection.names_members() {
+        Some(usize::MAX)
+    } else if projection.members(true) {
+        Some(PATCH_MEMBERS_SHOWN)
+    } else {
+        None
+    };
     let g = write(
         &state,
         &tenant,
@@ -287,30 +328,23 @@ pub async fn patch(
         "group patched",
     )
     .await?;
-    if represent {
-        return Ok(group_response(
-            StatusCode::OK,
-            &g,
-            &state.base_url(&headers),
-            &projection,
-        ));
-    }
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    if let Ok(etag) = HeaderValue::from_str(&g.etag()) {
-        resp.headers_mut().insert(header::ETAG, etag);
-    }
-    Ok(resp)
+    Ok(group_response(
+        StatusCode::OK,
+        &g,
+        &state.base_url(&headers),
+        &projection,
+    ))
 }
 
-/// PUT and PATCH: apply `change` atomically, honouring If-Match; `members` says whether
-/// the answer needs the member list.
+/// PUT and PATCH: apply `change` atomically, honouring If-Match; `members`: read the
+/// member list for the answer unless the group has more than that many.
 async fn write(
     state: &AppState,
     tenant: &TenantExt,
     headers: &HeaderMap,
     id: &str,
     change: GroupChange,
-    members: bool,
+    members: Option<usize>,
     what: &'static str,
 ) -> ApiResult<StoredGroup> {
     let id = group_id(id)?;

@@ -52,7 +52,8 @@ pub trait GroupStore: Send + Sync + 'static {
         members: bool,
     ) -> Result<GroupPage>;
     /// Apply a change (PUT or PATCH) atomically: the group row, its member rows, the
-    /// affected users' versions and outbox rows.
+    /// affected users' versions and outbox rows. `members`: read the member list for
+    /// the answer, unless the group then has more than that many (left out, `None`).
     async fn change_group(
         &self,
         tenant: &str,
@@ -60,7 +61,7 @@ pub trait GroupStore: Send + Sync + 'static {
         if_match: Option<&IfMatch>,
         change: &GroupChange,
         watched: &Watched<'_>,
-        members: bool,
+        members: Option<usize>,
     ) -> Result<StoredGroup>;
     /// Delete a group; its members lose it, in the same transaction.
     async fn delete_group(
@@ -647,7 +648,7 @@ impl GroupStore for PgGroupStore {
         if_match: Option<&IfMatch>,
         change: &GroupChange,
         watched: &Watched<'_>,
-        members: bool,
+        members: Option<usize>,
     ) -> Result<StoredGroup> {
         let mut tx = self.pool.begin().await?;
         // The group's row lock orders concurrent changes of one group.
@@ -712,9 +713,19 @@ impl GroupStore for PgGroupStore {
             .map_err(map_unique)?;
             row_to_group(&row)?
         };
-        if members {
-            self.with_members(&mut *tx, std::slice::from_mut(&mut stored))
-                .await?;
+        if let Some(limit) = members {
+            let at_most = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM group_members WHERE group_id = $1 LIMIT $2) AS m",
+            )
+            .bind(id)
+            .bind(at_most)
+            .fetch_one(&mut *tx)
+            .await?;
+            if n < at_most {
+                self.with_members(&mut *tx, std::slice::from_mut(&mut stored))
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(stored)

@@ -548,7 +548,7 @@ impl GroupStore for SqliteGroupStore {
         if_match: Option<&IfMatch>,
         change: &GroupChange,
         watched: &Watched<'_>,
-        members: bool,
+        members: Option<usize>,
     ) -> Result<StoredGroup> {
         let (_turn, mut tx) = self.begin_write().await?;
         let current = fetch_group(&mut tx, tenant, id)
@@ -607,8 +607,19 @@ impl GroupStore for SqliteGroupStore {
             .map_err(group_db_error)?;
             row_to_group(row)?
         };
-        if members {
-            with_members(&mut tx, std::slice::from_mut(&mut stored)).await?;
+        if let Some(limit) = members {
+            let at_most = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM group_members WHERE group_id = ?1 LIMIT ?2)",
+            )
+            .bind(id.to_string())
+            .bind(at_most)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if n < at_most {
+                with_members(&mut tx, std::slice::from_mut(&mut stored)).await?;
+            }
         }
         tx.commit().await.map_err(db_error)?;
         if pending > 0 {
@@ -824,7 +835,7 @@ mod tests {
                 None,
                 &delta(vec![ids[2]], vec![ids[0]]),
                 EVERY,
-                false,
+                None,
             )
             .await
             .unwrap();
@@ -844,7 +855,7 @@ mod tests {
                 None,
                 &delta(vec![ids[1]], vec![ids[3]]),
                 EVERY,
-                false,
+                None,
             )
             .await
             .unwrap();
@@ -862,7 +873,7 @@ mod tests {
             };
             let err = f
                 .groups
-                .change_group("a", g.id, None, &change, EVERY, false)
+                .change_group("a", g.id, None, &change, EVERY, None)
                 .await
                 .unwrap_err();
             match err {
@@ -879,7 +890,7 @@ mod tests {
         };
         let g = f
             .groups
-            .change_group("a", g.id, None, &change, NOBODY, false)
+            .change_group("a", g.id, None, &change, NOBODY, None)
             .await
             .unwrap();
         assert_eq!(g.version, 3);
@@ -928,7 +939,7 @@ mod tests {
         };
         let r = f
             .groups
-            .change_group("a", g.id, None, &rename("OTHER"), EVERY, false)
+            .change_group("a", g.id, None, &rename("OTHER"), EVERY, None)
             .await;
         assert!(matches!(r, Err(StoreError::DisplayNameTaken)), "{r:?}");
         // Nothing of the refused rename stayed.
@@ -936,7 +947,7 @@ mod tests {
         // A rename: every member's `groups` changed; watched, they are re-delivered.
         let renamed = f
             .groups
-            .change_group("a", g.id, None, &rename("ÅNGSTRÖM"), EVERY, false)
+            .change_group("a", g.id, None, &rename("ÅNGSTRÖM"), EVERY, None)
             .await
             .unwrap();
         assert_eq!(renamed.version, 2);
@@ -952,7 +963,7 @@ mod tests {
         };
         let g = f
             .groups
-            .change_group("a", g.id, None, &ext, NOBODY, false)
+            .change_group("a", g.id, None, &ext, NOBODY, None)
             .await
             .unwrap();
         assert_eq!((g.version, g.external_id.as_deref()), (3, Some("x-1")));
@@ -961,7 +972,7 @@ mod tests {
         let stale = IfMatch::Versions(vec![1]);
         let r = f
             .groups
-            .change_group("a", g.id, Some(&stale), &rename("x"), NOBODY, false)
+            .change_group("a", g.id, Some(&stale), &rename("x"), NOBODY, None)
             .await;
         assert!(matches!(r, Err(StoreError::PreconditionFailed)), "{r:?}");
         let r = f.groups.delete_group("a", g.id, Some(&stale), NOBODY).await;
@@ -1020,7 +1031,7 @@ mod tests {
             .await
             .unwrap();
         f.groups
-            .change_group("a", g.id, None, &delta(ids.clone(), vec![]), EVERY, false)
+            .change_group("a", g.id, None, &delta(ids.clone(), vec![]), EVERY, None)
             .await
             .unwrap();
         assert_eq!(f.members(g.id).await.len(), 1000);

@@ -132,6 +132,11 @@ const DELETE_SQL: &str = "
 UPDATE users SET deleted_at = ?3, version = ?4, last_modified = ?3
 WHERE tenant_id = ?1 AND id = ?2";
 
+/// The groups a deleted user leaves get a new version (their members changed).
+const BUMP_GROUPS_SQL: &str = "
+UPDATE groups SET version = version + 1, last_modified = ?2
+WHERE id IN (SELECT group_id FROM group_members WHERE user_id = ?1)";
+
 /// A deleted user is gone from every group, in the delete's transaction.
 const LEAVE_GROUPS_SQL: &str = "DELETE FROM group_members WHERE user_id = ?1";
 
@@ -382,11 +387,18 @@ impl UserStore for SqliteStore {
             return Err(StoreError::PreconditionFailed);
         }
         let version = current + 1;
+        let now = format_micros(Utc::now().trunc_subsecs(6));
         sqlx::query(DELETE_SQL)
             .bind(tenant)
             .bind(id.to_string())
-            .bind(format_micros(Utc::now().trunc_subsecs(6)))
+            .bind(&now)
             .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query(BUMP_GROUPS_SQL)
+            .bind(id.to_string())
+            .bind(&now)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
