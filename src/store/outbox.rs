@@ -541,11 +541,12 @@ RETURNING s.user_id, s.tenant_id, s.lease_token, s.attempts, s.pending_password,
           s.create_attempted, s.intended_user_id, s.ameyo_user_id, s.cc_user_id,
           s.ameyo_locked, s.last_pushed, u.resource, u.version, u.active,
           (u.deleted_at IS NOT NULL) AS deleted, due.last_changed,
-          (SELECT coalesce(jsonb_agg(jsonb_build_object('display_name', g.display_name,
-                                                        'external_id', g.external_id)),
+          -- Each group looked up by its key: a join here is planned as a scan of groups.
+          (SELECT coalesce(jsonb_agg((SELECT jsonb_build_object('display_name', g.display_name,
+                                                                'external_id', g.external_id)
+                                      FROM groups g WHERE g.id = gm.group_id)),
                            '[]'::jsonb)
-           FROM group_members gm JOIN groups g ON g.id = gm.group_id
-           WHERE gm.user_id = u.id) AS groups";
+           FROM group_members gm WHERE gm.user_id = u.id) AS groups";
 
 const CLAIM_USER_ID_SQL: &str = "
 UPDATE sync_state SET create_attempted = true, intended_user_id = $3, ameyo_server = $4,
@@ -698,11 +699,11 @@ WHERE user_id = ANY($1)";
 
 const LINKED_USERS_SQL: &str = "
 SELECT u.id, u.user_name, u.active, u.resource, s.ameyo_user_id,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object('display_name', g.display_name,
-                                                     'external_id', g.external_id)),
+       (SELECT coalesce(jsonb_agg((SELECT jsonb_build_object('display_name', g.display_name,
+                                                             'external_id', g.external_id)
+                                   FROM groups g WHERE g.id = gm.group_id)),
                         '[]'::jsonb)
-        FROM group_members gm JOIN groups g ON g.id = gm.group_id
-        WHERE gm.user_id = u.id) AS groups
+        FROM group_members gm WHERE gm.user_id = u.id) AS groups
 FROM users u JOIN sync_state s ON s.user_id = u.id
 WHERE u.tenant_id = $1 AND u.deleted_at IS NULL ORDER BY u.user_name";
 
