@@ -9,12 +9,11 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::error::ApiResult;
-use super::users::{ListRequest, Params, if_match, list_bounds, search_request};
+use super::users::{ListRequest, Params, if_match, list_page, list_query, search_request};
 use super::{AppState, ScimBody, TenantExt, scim_json};
-use crate::scim::filter::{self, AttrPath};
+use crate::scim::filter;
 use crate::scim::group::{self, GroupChange, StoredGroup};
 use crate::scim::{ScimError, schema};
-use crate::store::ListQuery;
 
 /// `attributes` / `excludedAttributes` over a group's few attributes: top-level names,
 /// case-insensitively, with or without the Group schema's URN.
@@ -225,26 +224,8 @@ async fn run_list(
     req: ListRequest,
     projection: GroupProjection,
 ) -> ApiResult<Response> {
-    let filter = req.filter.as_deref().map(filter::parse_group).transpose()?;
-    let sort_by = req
-        .sort_by
-        .as_deref()
-        .map(|name| {
-            schema::resolve_group(name)
-                .map(|(attr, sub)| AttrPath { attr, sub })
-                .ok_or_else(|| {
-                    ScimError::invalid_value(format!("cannot sort by unknown attribute '{name}'"))
-                })
-        })
-        .transpose()?;
-    let (descending, start_index, count) = list_bounds(state, &req)?;
-    let query = ListQuery {
-        filter,
-        sort_by,
-        descending,
-        start_index,
-        count,
-    };
+    let query = list_query(state, &req, filter::parse_group, schema::resolve_group)?;
+    let start_index = query.start_index;
     let page = state
         .groups()
         .list_groups(tenant.id(), &query, projection.members(true))
@@ -255,13 +236,7 @@ async fn run_list(
         .iter()
         .map(|g| Value::Object(projection.apply(group::render(g, &base))))
         .collect();
-    let mut body = Map::new();
-    body.insert("schemas".into(), serde_json::json!([schema::LIST_RESPONSE]));
-    body.insert("totalResults".into(), page.total.into());
-    body.insert("startIndex".into(), start_index.into());
-    body.insert("itemsPerPage".into(), resources.len().into());
-    body.insert("Resources".into(), Value::Array(resources));
-    Ok(scim_json(StatusCode::OK, &Value::Object(body)))
+    Ok(list_page(page.total, start_index, resources))
 }
 
 pub async fn replace(

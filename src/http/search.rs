@@ -10,14 +10,14 @@
 //!   (a type without it keeps its default, stable order).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::error::ApiResult;
 use super::groups::GroupProjection;
-use super::users::{ListRequest, list_bounds, search_request};
-use super::{AppState, ScimBody, TenantExt, scim_json};
+use super::users::{ListRequest, list_bounds, list_page, search_request};
+use super::{AppState, ScimBody, TenantExt};
 use crate::scim::filter::{self, AttrPath, Filter};
 use crate::scim::projection::Projection;
 use crate::scim::{ScimError, group, resource, schema};
@@ -129,13 +129,11 @@ pub async fn search(
         );
     }
 
-    let mut body = Map::new();
-    body.insert("schemas".into(), json!([schema::LIST_RESPONSE]));
-    body.insert("totalResults".into(), (users_total + groups_total).into());
-    body.insert("startIndex".into(), start_index.into());
-    body.insert("itemsPerPage".into(), resources.len().into());
-    body.insert("Resources".into(), Value::Array(resources));
-    Ok(scim_json(StatusCode::OK, &Value::Object(body)))
+    Ok(list_page(
+        users_total + groups_total,
+        start_index,
+        resources,
+    ))
 }
 
 #[cfg(test)]

@@ -278,6 +278,48 @@ pub(super) fn list_bounds(
     Ok((descending, start_index, count))
 }
 
+/// A list page (RFC 7644 §3.4.2): `totalResults`, `startIndex`, `itemsPerPage` and the
+/// resources.
+pub(super) fn list_page(total: u64, start_index: u64, resources: Vec<Value>) -> Response {
+    let mut body = Map::new();
+    body.insert("schemas".into(), serde_json::json!([schema::LIST_RESPONSE]));
+    body.insert("totalResults".into(), total.into());
+    body.insert("startIndex".into(), start_index.into());
+    body.insert("itemsPerPage".into(), resources.len().into());
+    body.insert("Resources".into(), Value::Array(resources));
+    scim_json(StatusCode::OK, &Value::Object(body))
+}
+
+/// The store's query for a list request: the filter parsed and the sort key resolved
+/// against one resource type's schema, the page within the configured bounds.
+pub(super) fn list_query(
+    state: &AppState,
+    req: &ListRequest,
+    parse: fn(&str) -> Result<crate::scim::filter::Filter, ScimError>,
+    resolve: crate::scim::filter::Resolver,
+) -> Result<ListQuery, ScimError> {
+    let filter = req.filter.as_deref().map(parse).transpose()?;
+    let sort_by = req
+        .sort_by
+        .as_deref()
+        .map(|name| {
+            resolve(name)
+                .map(|(attr, sub)| AttrPath { attr, sub })
+                .ok_or_else(|| {
+                    ScimError::invalid_value(format!("cannot sort by unknown attribute '{name}'"))
+                })
+        })
+        .transpose()?;
+    let (descending, start_index, count) = list_bounds(state, req)?;
+    Ok(ListQuery {
+        filter,
+        sort_by,
+        descending,
+        start_index,
+        count,
+    })
+}
+
 async fn run_list(
     state: &AppState,
     tenant: &TenantExt,
@@ -285,26 +327,8 @@ async fn run_list(
     req: ListRequest,
     projection: Projection,
 ) -> ApiResult<Response> {
-    let filter = req.filter.as_deref().map(filter::parse).transpose()?;
-    let sort_by = req
-        .sort_by
-        .as_deref()
-        .map(|name| {
-            schema::resolve(name)
-                .map(|(attr, sub)| AttrPath { attr, sub })
-                .ok_or_else(|| {
-                    ScimError::invalid_value(format!("cannot sort by unknown attribute '{name}'"))
-                })
-        })
-        .transpose()?;
-    let (descending, start_index, count) = list_bounds(state, &req)?;
-    let query = ListQuery {
-        filter,
-        sort_by,
-        descending,
-        start_index,
-        count,
-    };
+    let query = list_query(state, &req, filter::parse, schema::resolve)?;
+    let start_index = query.start_index;
     let page = state.store().list(tenant.id(), &query).await?;
     let base = state.base_url(headers);
     let resources: Vec<Value> = page
@@ -312,13 +336,7 @@ async fn run_list(
         .iter()
         .map(|u| Value::Object(projection.apply(resource::render(u, &base))))
         .collect();
-    let mut body = Map::new();
-    body.insert("schemas".into(), serde_json::json!([schema::LIST_RESPONSE]));
-    body.insert("totalResults".into(), page.total.into());
-    body.insert("startIndex".into(), start_index.into());
-    body.insert("itemsPerPage".into(), resources.len().into());
-    body.insert("Resources".into(), Value::Array(resources));
-    Ok(scim_json(StatusCode::OK, &Value::Object(body)))
+    Ok(list_page(page.total, start_index, resources))
 }
 
 pub async fn replace(
