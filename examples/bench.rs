@@ -557,6 +557,12 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
 
     let owner = ameyo_scim::sync::this_owner();
     let tenants = ameyo_scim::tenants::build(&settings, &backend.sessions(&owner))?;
+    // As `serve` does before it reports ready.
+    backend
+        .users
+        .clone()
+        .warm_up(tenants.iter().map(|t| t.id.clone()).collect())
+        .await?;
     let state = AppState::new(&settings, &tenants, &backend).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
