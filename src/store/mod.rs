@@ -6,9 +6,9 @@ pub mod filter_sql;
 pub mod groups;
 pub mod lock;
 pub mod outbox;
-pub mod page_cursor;
 #[cfg(test)]
 pub(crate) mod outbox_contract;
+pub mod page_cursor;
 pub mod password;
 pub mod postgres;
 pub mod session;

@@ -310,7 +310,12 @@ impl PgStore {
                     .await?
             }
             // The unfiltered page has one shape: its statement is prepared once.
-            None => page_query("", tenant, q)?.build().fetch_all(&mut *tx).await?,
+            None => {
+                page_query("", tenant, q)?
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
         };
         tx.commit().await?;
         let users = rows.iter().map(row_to_user).collect::<Result<Vec<_>>>()?;
@@ -318,8 +323,12 @@ impl PgStore {
             && users.len() as u64 == q.count
             && last.created < horizon
         {
-            self.cursors
-                .put(tenant, start.saturating_add(q.count), (last.created, last.id), shifts);
+            self.cursors.put(
+                tenant,
+                start.saturating_add(q.count),
+                (last.created, last.id),
+                shifts,
+            );
         }
         Ok(Page {
             total: live.max(0) as u64,
