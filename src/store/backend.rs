@@ -79,7 +79,7 @@ impl Backend {
                 }
                 // A serving process keeps its (warmed) connections open.
                 let keep = match access {
-                    Access::Serve => db.max_connections,
+                    Access::Serve => super::warm_connections(db.max_connections),
                     _ => 0,
                 };
                 let pool = connect_lazy_keeping(&db, keep).context("invalid database.url")?;

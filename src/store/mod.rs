@@ -206,7 +206,8 @@ pub trait UserStore: Send + Sync + 'static {
     async fn find(&self, tenant: Option<&str>, key: &str) -> Result<Vec<(String, Uuid)>>;
     /// A user even if it is a tombstone on its way out, and whether it is one.
     async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>>;
-    /// In the background: open the pool's connections and run each hot statement (the
+    /// In the background: open some of the pool's connections ([`warm_connections`])
+    /// and run each hot statement (the
     /// userName, externalId, e-mail and id lookups, the unfiltered page and its count)
     /// once on each, so the first requests after start do not pay for cold connections
     /// and statements. [`UserStore::ready`] answers "warming up" from this call until
@@ -265,6 +266,13 @@ impl Warming {
             flag.store(false, Ordering::Release);
         })
     }
+}
+
+/// How many of a pool's `max` connections a warm-up opens and the pool keeps open: half,
+/// up to 8, so the rest of the pool (and the database's connection limit, shared by the
+/// replicas) stays free for requests and delivery while it runs.
+pub fn warm_connections(max: u32) -> u32 {
+    (max / 2).clamp(1, 8)
 }
 
 /// The list requests a warm-up runs once on each connection: the lookups IdPs send.

@@ -302,11 +302,11 @@ impl SqliteStore {
             .map_err(db_error)
     }
 
-    /// Open every connection of the pool (holding each, so the pool cannot hand one
+    /// Open the connections a warm-up keeps (holding each, so the pool cannot hand one
     /// back twice) and run each hot statement once on it. Returns the connections.
     async fn warm_connections(&self, tenants: &[String]) -> Result<usize> {
         let tenant = tenants.first().map(String::as_str).unwrap_or("");
-        let n = self.pool.options().get_max_connections();
+        let n = crate::store::warm_connections(self.pool.options().get_max_connections());
         let mut conns = Vec::with_capacity(n as usize);
         for _ in 0..n {
             conns.push(self.pool.acquire().await.map_err(db_error)?);
