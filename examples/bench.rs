@@ -44,6 +44,9 @@ struct Args {
     /// members per PATCH, and the re-delivery a watched group's change causes.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     groups: bool,
+    /// Pages of the in-order walk through the tenant (100 users each), at most.
+    #[arg(long, default_value_t = usize::MAX)]
+    walk_pages: usize,
     /// The store(s) to measure; `both` runs PostgreSQL, then SQLite.
     #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
     store: StoreChoice,
@@ -554,6 +557,12 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
 
     let owner = ameyo_scim::sync::this_owner();
     let tenants = ameyo_scim::tenants::build(&settings, &backend.sessions(&owner))?;
+    // As `serve` does before it reports ready.
+    backend
+        .users
+        .clone()
+        .warm_up(tenants.iter().map(|t| t.id.clone()).collect())
+        .await?;
     let state = AppState::new(&settings, &tenants, &backend).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -581,6 +590,20 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
             }
         })
     };
+    // The first lookups after start, all at once: what an IdP's first burst meets.
+    rows.push(
+        get(
+            "GET /Users?filter=userName eq (first after start)",
+            args.concurrency,
+            Box::new(|scim, k, _| {
+                format!(
+                    "{scim}/Users?filter={}",
+                    enc(format!("userName eq \"USER{k}@example.com\""))
+                )
+            }),
+        )
+        .await,
+    );
     rows.push(
         get(
             "GET /Users?filter=userName eq",
@@ -652,6 +675,25 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
         )
         .await,
     );
+
+    // An IdP import: one client walks the whole tenant in order, page after page.
+    {
+        let (http, scim) = (http.clone(), scim.clone());
+        let walk = users.div_ceil(100).min(args.walk_pages);
+        rows.push(
+            run("GET /Users walk in order (count=100)", walk, 1, move |i| {
+                let request = http
+                    .get(format!("{scim}/Users?startIndex={}&count=100", i * 100 + 1))
+                    .bearer_auth(TOKEN);
+                async move {
+                    let r = request.send().await.expect("request");
+                    assert!(r.status().is_success(), "{}", r.status());
+                    let _ = r.bytes().await;
+                }
+            })
+            .await,
+        );
+    }
 
     // Writes: creates, then PATCHes of those users.
     let create = |prefix: &'static str| {

@@ -33,6 +33,12 @@ pub async fn serve_with_listener(
     // name also marks its leases and heartbeats.
     let owner = crate::sync::this_owner();
     let tenants = crate::tenants::build(&settings, &backend.sessions(&owner))?;
+    // In the background: /healthz answers at once, /readyz once the connections and
+    // statements are warm (docs/performance.md).
+    let warm_up = backend
+        .users
+        .clone()
+        .warm_up(tenants.iter().map(|t| t.id.clone()).collect());
     for t in &tenants {
         for w in t.mapper.warnings() {
             tracing::warn!(tenant = %t.id, "{w}");
@@ -107,6 +113,7 @@ pub async fn serve_with_listener(
     if let Some(task) = metrics_task {
         task.abort();
     }
+    warm_up.abort();
     tracing::info!("stopped");
     Ok(())
 }

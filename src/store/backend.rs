@@ -14,7 +14,7 @@ use super::groups::{GroupStore, PgGroupStore};
 use super::lock::StoreLock;
 use super::outbox::{Outbox, PgOutbox};
 use super::password::PasswordCipher;
-use super::postgres::{PgStore, connect_lazy};
+use super::postgres::{PgStore, connect_lazy_keeping};
 use super::session::PgSessionStore;
 use super::sqlite::SqliteStore;
 use super::sqlite::groups::SqliteGroupStore;
@@ -77,7 +77,12 @@ impl Backend {
                         tracing::info!(database = %shown, "created the database");
                     }
                 }
-                let pool = connect_lazy(&db).context("invalid database.url")?;
+                // A serving process keeps its (warmed) connections open.
+                let keep = match access {
+                    Access::Serve => super::warm_connections(db.max_connections),
+                    _ => 0,
+                };
+                let pool = connect_lazy_keeping(&db, keep).context("invalid database.url")?;
                 let store = PgStore::new(pool.clone(), cipher.clone());
                 match access {
                     Access::Admin => {

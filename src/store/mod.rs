@@ -8,10 +8,15 @@ pub mod lock;
 pub mod outbox;
 #[cfg(test)]
 pub(crate) mod outbox_contract;
+pub mod page_cursor;
 pub mod password;
 pub mod postgres;
 pub mod session;
 pub mod sqlite;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -201,6 +206,94 @@ pub trait UserStore: Send + Sync + 'static {
     async fn find(&self, tenant: Option<&str>, key: &str) -> Result<Vec<(String, Uuid)>>;
     /// A user even if it is a tombstone on its way out, and whether it is one.
     async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>>;
+    /// In the background: open some of the pool's connections ([`warm_connections`])
+    /// and run each hot statement (the
+    /// userName, externalId, e-mail and id lookups, the unfiltered page and its count)
+    /// once on each, so the first requests after start do not pay for cold connections
+    /// and statements. [`UserStore::ready`] answers "warming up" from this call until
+    /// the warm-up is done or has given up (after [`WARM_UP_DEADLINE`] of failures).
+    fn warm_up(self: Arc<Self>, tenants: Vec<String>) -> tokio::task::JoinHandle<()>;
+}
+
+/// How long a warm-up keeps retrying (the database may still be coming up) before the
+/// store reports ready without it.
+pub const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Whether a store's warm-up is under way, shared by the store and its warm-up task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Warming(Arc<AtomicBool>);
+
+impl Warming {
+    /// `Err` while the warm-up runs, for [`UserStore::ready`].
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match self.0.load(Ordering::Acquire) {
+            true => Err("warming up: opening connections and preparing statements".into()),
+            false => Ok(()),
+        }
+    }
+
+    /// Mark the warm-up under way now, and run `attempt` in the background until it
+    /// succeeds or [`WARM_UP_DEADLINE`] has passed.
+    pub(crate) fn spawn<F, Fut>(&self, attempt: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<usize>> + Send,
+    {
+        self.0.store(true, Ordering::Release);
+        let flag = self.0.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            loop {
+                match attempt().await {
+                    Ok(connections) => {
+                        tracing::info!(
+                            connections,
+                            ms = started.elapsed().as_millis() as u64,
+                            "store warmed up"
+                        );
+                        break;
+                    }
+                    Err(e) if started.elapsed() < WARM_UP_DEADLINE => {
+                        tracing::debug!(error = %e, "warm-up failed; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "warm-up gave up; serving with cold connections");
+                        break;
+                    }
+                }
+            }
+            flag.store(false, Ordering::Release);
+        })
+    }
+}
+
+/// How many of a pool's `max` connections a warm-up opens and the pool keeps open: half,
+/// up to 8, so the rest of the pool (and the database's connection limit, shared by the
+/// replicas) stays free for requests and delivery while it runs.
+pub fn warm_connections(max: u32) -> u32 {
+    (max / 2).clamp(1, 8)
+}
+
+/// The list requests a warm-up runs once on each connection: the lookups IdPs send.
+pub(crate) fn warm_up_queries() -> Vec<ListQuery> {
+    let lookups = [
+        r#"userName eq "warm-up@invalid""#,
+        r#"externalId eq "warm-up""#,
+        r#"emails[type eq "work"].value eq "warm-up@invalid""#,
+        r#"emails.value eq "warm-up@invalid""#,
+        r#"id eq "00000000-0000-0000-0000-000000000000""#,
+    ];
+    lookups
+        .iter()
+        .map(|f| ListQuery {
+            filter: Some(crate::scim::filter::parse(f).expect("a valid filter")),
+            sort_by: None,
+            descending: false,
+            start_index: 1,
+            count: 100,
+        })
+        .collect()
 }
 
 #[cfg(test)]

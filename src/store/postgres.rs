@@ -2,6 +2,7 @@
 //! its outbox row together; updates use optimistic concurrency on `version`, so no row
 //! lock is held while the change is computed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,8 +14,9 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::outbox::{Outbox, PgOutbox, SyncCount};
+use super::page_cursor::PageCursors;
 use super::password::PasswordCipher;
-use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
+use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore, Warming};
 use crate::config::DatabaseSettings;
 use crate::scim::resource::{StoredUser, UserGroup, UserInput};
 
@@ -29,14 +31,24 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct PgStore {
     pool: PgPool,
     cipher: PasswordCipher,
+    /// Where the next page of a tenant walk starts (see [`PageCursors`]).
+    cursors: Arc<PageCursors<(DateTime<Utc>, Uuid)>>,
+    warming: Warming,
 }
 
 /// A pool for the configured database. It connects lazily, so the service starts (and
 /// reports not ready) while the database is still coming up.
 pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    connect_lazy_keeping(settings, 0)
+}
+
+/// [`connect_lazy`], keeping at least `min` connections open once opened (a serving
+/// process keeps its warmed connections instead of closing them when idle).
+pub fn connect_lazy_keeping(settings: &DatabaseSettings, min: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.url.expose_secret().parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
+        .min_connections(min.min(settings.max_connections))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_lazy_with(options.application_name("ameyo-scim")))
 }
@@ -86,7 +98,12 @@ impl PgStore {
     }
 
     pub fn new(pool: PgPool, cipher: PasswordCipher) -> Self {
-        Self { pool, cipher }
+        Self {
+            pool,
+            cipher,
+            cursors: Default::default(),
+            warming: Default::default(),
+        }
     }
 
     pub fn cipher(&self) -> &PasswordCipher {
@@ -208,6 +225,32 @@ fn map_unique(e: sqlx::Error) -> StoreError {
     e.into()
 }
 
+/// The tenant's live users and its shift counter: the sums over its slots.
+const COUNTS_SQL: &str = "SELECT coalesce(sum(live), 0)::bigint, coalesce(sum(shifts), 0)::bigint
+                          FROM user_counts WHERE tenant_id = $1";
+
+/// An unfiltered page that starts after a remembered key: a seek along the
+/// (tenant, created, id) index.
+const PAGE_AFTER_SQL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users u WHERE u.tenant_id = $1 AND u.deleted_at IS NULL
+       AND (u.created, u.id) > ($2, $3)
+     ORDER BY u.created, u.id LIMIT $4"
+);
+
+/// Before this time no transaction that could still commit a user had started: the
+/// earliest start of the open transactions of the other sessions on this database, or
+/// now. A user committed later has `created` at or after it (a create takes its
+/// transaction's now()), so a remembered key older than it stays ahead of every such
+/// user. NULL when the sessions of another role cannot be seen (without
+/// pg_read_all_stats): then no key is remembered.
+const HORIZON_SQL: &str = "
+SELECT CASE WHEN bool_or(backend_type IS NULL) THEN NULL
+            ELSE least(now(), min(xact_start)) END
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()";
+
 fn count_query(tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Postgres>> {
     Ok(super::filter_sql::count_query("", tenant, q)?)
 }
@@ -223,6 +266,149 @@ fn page_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<Query
 }
 
 impl PgStore {
+    /// A page of all the tenant's users in the default order. `totalResults` comes from
+    /// the tenant's counters, and a page that an earlier one ended before starts after
+    /// that one's last key; both read in one snapshot with the page.
+    async fn list_all(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
+        let start = q.start_index.max(1);
+        // Before the snapshot: see HORIZON_SQL.
+        let horizon: Option<DateTime<Utc>> = if q.count > 0 {
+            sqlx::query_scalar(HORIZON_SQL)
+                .fetch_one(&self.pool)
+                .await?
+        } else {
+            None
+        };
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let (live, shifts): (i64, i64) = sqlx::query_as(COUNTS_SQL)
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+        if q.count == 0 {
+            tx.commit().await?;
+            return Ok(Page {
+                total: live.max(0) as u64,
+                users: vec![],
+            });
+        }
+        let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
+        let after = match start {
+            1 => None,
+            _ => self.cursors.get(tenant, start, shifts),
+        };
+        let rows = match after {
+            Some((created, id)) => {
+                sqlx::query(PAGE_AFTER_SQL)
+                    .bind(tenant)
+                    .bind(created)
+                    .bind(id)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            // The unfiltered page has one shape: its statement is prepared once.
+            None => {
+                page_query("", tenant, q)?
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        let users = rows.iter().map(row_to_user).collect::<Result<Vec<_>>>()?;
+        if let (Some(last), Some(horizon)) = (users.last(), horizon)
+            && users.len() as u64 == q.count
+            && last.created < horizon
+        {
+            self.cursors.put(
+                tenant,
+                start.saturating_add(q.count),
+                (last.created, last.id),
+                shifts,
+            );
+        }
+        Ok(Page {
+            total: live.max(0) as u64,
+            users,
+        })
+    }
+
+    /// Open the connections a warm-up keeps (holding each, so the pool cannot hand one
+    /// back twice) and run each hot statement once on it. Returns the connections.
+    async fn warm_connections(&self, tenants: &[String]) -> Result<usize> {
+        let tenant = tenants.first().map(String::as_str).unwrap_or("");
+        let n = crate::store::warm_connections(self.pool.options().get_max_connections());
+        let mut conns = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            conns.push(self.pool.acquire().await?);
+        }
+        let unfiltered = |start_index| ListQuery {
+            filter: None,
+            sort_by: None,
+            descending: false,
+            start_index,
+            count: 1,
+        };
+        for conn in &mut conns {
+            let conn = &mut **conn;
+            for q in super::warm_up_queries() {
+                count_query(tenant, &q)?
+                    .build_query_scalar::<i64>()
+                    .persistent(false)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                page_query("", tenant, &q)?
+                    .build()
+                    .persistent(false)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            }
+            sqlx::query(GET_SQL)
+                .bind(tenant)
+                .bind(Uuid::nil())
+                .fetch_optional(&mut *conn)
+                .await?;
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(HORIZON_SQL)
+                .fetch_one(&mut *conn)
+                .await?;
+            sqlx::query_as::<_, (i64, i64)>(COUNTS_SQL)
+                .bind(tenant)
+                .fetch_one(&mut *conn)
+                .await?;
+            for start in [1, 2] {
+                page_query("", tenant, &unfiltered(start))?
+                    .build()
+                    .fetch_all(&mut *conn)
+                    .await?;
+            }
+            sqlx::query(PAGE_AFTER_SQL)
+                .bind(tenant)
+                .bind(Utc::now())
+                .bind(Uuid::max())
+                .bind(1i64)
+                .fetch_all(&mut *conn)
+                .await?;
+        }
+        Ok(conns.len())
+    }
+
+    /// Whether the page at `start` of `tenant` would begin at a remembered key, as of
+    /// `shifts` (for tests).
+    pub fn remembers_page(&self, tenant: &str, start: u64, shifts: i64) -> bool {
+        self.cursors.get(tenant, start, shifts).is_some()
+    }
+
+    /// The tenant's live users and shift counter, as the counters hold them.
+    pub async fn user_counts(&self, tenant: &str) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(COUNTS_SQL)
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// For the metrics: one pass over the outbox, grouped.
     pub async fn sync_counts(&self) -> Result<Vec<SyncCount>> {
         self.outbox().counts().await
@@ -284,6 +470,9 @@ impl UserStore for PgStore {
     }
 
     async fn list(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
+        if q.filter.is_none() && q.sort_by.is_none() {
+            return self.list_all(tenant, q).await;
+        }
         // Filters differ per request and their values steer the plan (an e-mail
         // lookup must use its index), so these statements are planned each time with
         // the real values instead of being cached with a generic plan.
@@ -417,7 +606,16 @@ impl UserStore for PgStore {
         }
     }
 
+    fn warm_up(self: Arc<Self>, tenants: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let tenants = Arc::new(tenants);
+        self.warming.clone().spawn(move || {
+            let (store, tenants) = (self.clone(), tenants.clone());
+            async move { store.warm_connections(&tenants).await }
+        })
+    }
+
     async fn ready(&self) -> Result<(), String> {
+        self.warming.check()?;
         let applied: Vec<i64> =
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)

@@ -63,8 +63,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<SqlitePool, sqlx
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
+    // The connections a warm-up opens stay open: each keeps its prepared statements.
     SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
+        .min_connections(crate::store::warm_connections(max_connections))
         .connect_with(options)
         .await
 }

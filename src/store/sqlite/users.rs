@@ -26,8 +26,9 @@ use super::MIGRATOR;
 use super::filter::{fold_case, search_document};
 use super::outbox::{PendingPassword, insert_pending, mark_pending, rearm_if_dead};
 use crate::scim::resource::{StoredUser, UserGroup, UserInput};
+use crate::store::page_cursor::PageCursors;
 use crate::store::password::PasswordCipher;
-use crate::store::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore};
+use crate::store::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore, Warming};
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -37,6 +38,9 @@ pub struct SqliteStore {
     /// outbox's stand-in for PostgreSQL's NOTIFY).
     wake: Option<Arc<Notify>>,
     write: super::WriteLock,
+    /// Where the next page of a tenant walk starts: the (created, id) text of the key.
+    cursors: Arc<PageCursors<(String, String)>>,
+    warming: Warming,
 }
 
 /// The format of the users' own times (created, last_modified, deleted_at): UTC with
@@ -140,6 +144,20 @@ WHERE id IN (SELECT group_id FROM group_members WHERE user_id = ?1)";
 /// A deleted user is gone from every group, in the delete's transaction.
 const LEAVE_GROUPS_SQL: &str = "DELETE FROM group_members WHERE user_id = ?1";
 
+/// The tenant's live users and its shift counter.
+const COUNTS_SQL: &str =
+    "SELECT coalesce(sum(live), 0), coalesce(sum(shifts), 0) FROM user_counts WHERE tenant_id = ?1";
+
+/// An unfiltered page that starts after a remembered key: a seek along the
+/// (tenant, created, id) index.
+const PAGE_AFTER_SQL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users u WHERE u.tenant_id = ?1 AND u.deleted_at IS NULL
+       AND (u.created, u.id) > (?2, ?3)
+     ORDER BY u.created, u.id LIMIT ?4"
+);
+
 fn count_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Sqlite>> {
     Ok(super::filter::count_query(prefix, tenant, q)?)
 }
@@ -174,6 +192,8 @@ impl SqliteStore {
             cipher,
             wake: None,
             write: Default::default(),
+            cursors: Default::default(),
+            warming: Default::default(),
         }
     }
 
@@ -206,6 +226,137 @@ impl SqliteStore {
     /// Apply pending migrations.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
+    }
+
+    /// A page of all the tenant's users in the default order. `totalResults` comes from
+    /// the tenant's counter row, and a page that an earlier one ended before starts
+    /// after that one's last key; both read in one snapshot with the page. Writes are
+    /// serialised and a create's time is taken under the write lock, so a user committed
+    /// later always comes after every key remembered before.
+    async fn list_all(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
+        let start = q.start_index.max(1);
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let (live, shifts): (i64, i64) = sqlx::query_as(COUNTS_SQL)
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if q.count == 0 {
+            tx.commit().await.map_err(db_error)?;
+            return Ok(Page {
+                total: live.max(0) as u64,
+                users: vec![],
+            });
+        }
+        let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
+        let after = match start {
+            1 => None,
+            _ => self.cursors.get(tenant, start, shifts),
+        };
+        let rows: Vec<UserRow> = match after {
+            Some((created, id)) => sqlx::query_as(PAGE_AFTER_SQL)
+                .bind(tenant)
+                .bind(created)
+                .bind(id)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?,
+            // The unfiltered page has one shape: its statement is prepared once.
+            None => page_query("", tenant, q)?
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?,
+        };
+        tx.commit().await.map_err(db_error)?;
+        if rows.len() as u64 == q.count
+            && let Some((id, _, _, created, ..)) = rows.last()
+        {
+            self.cursors.put(
+                tenant,
+                start.saturating_add(q.count),
+                (created.clone(), id.clone()),
+                shifts,
+            );
+        }
+        let users = rows.into_iter().map(row_to_user).collect::<Result<_>>()?;
+        Ok(Page {
+            total: live.max(0) as u64,
+            users,
+        })
+    }
+
+    /// Whether the page at `start` of `tenant` would begin at a remembered key, as of
+    /// `shifts` (for tests).
+    pub fn remembers_page(&self, tenant: &str, start: u64, shifts: i64) -> bool {
+        self.cursors.get(tenant, start, shifts).is_some()
+    }
+
+    /// The tenant's live users and shift counter, as the counter row holds them.
+    pub async fn user_counts(&self, tenant: &str) -> Result<(i64, i64)> {
+        sqlx::query_as(COUNTS_SQL)
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Open the connections a warm-up keeps (holding each, so the pool cannot hand one
+    /// back twice) and run each hot statement once on it. Returns the connections.
+    async fn warm_connections(&self, tenants: &[String]) -> Result<usize> {
+        let tenant = tenants.first().map(String::as_str).unwrap_or("");
+        let n = crate::store::warm_connections(self.pool.options().get_max_connections());
+        let mut conns = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            conns.push(self.pool.acquire().await.map_err(db_error)?);
+        }
+        let unfiltered = |start_index| ListQuery {
+            filter: None,
+            sort_by: None,
+            descending: false,
+            start_index,
+            count: 1,
+        };
+        for conn in &mut conns {
+            let conn = &mut **conn;
+            for q in crate::store::warm_up_queries() {
+                count_query("", tenant, &q)?
+                    .build_query_scalar::<i64>()
+                    .persistent(false)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                page_query("", tenant, &q)?
+                    .build_query_as::<UserRow>()
+                    .persistent(false)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+            }
+            fetch_live(conn, tenant, Uuid::nil()).await?;
+            sqlx::query_as::<_, (i64, i64)>(COUNTS_SQL)
+                .bind(tenant)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error)?;
+            for start in [1, 2] {
+                page_query("", tenant, &unfiltered(start))?
+                    .build_query_as::<UserRow>()
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+            }
+            sqlx::query_as::<_, UserRow>(PAGE_AFTER_SQL)
+                .bind(tenant)
+                .bind("9999")
+                .bind("")
+                .bind(1i64)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(conns.len())
     }
 
     /// A write transaction, holding the write lock from its first statement.
@@ -271,6 +422,9 @@ impl UserStore for SqliteStore {
     }
 
     async fn list(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
+        if q.filter.is_none() && q.sort_by.is_none() {
+            return self.list_all(tenant, q).await;
+        }
         let mut count = count_query("", tenant, q)?;
         let mut page = match q.count {
             0 => None,
@@ -465,7 +619,16 @@ impl UserStore for SqliteStore {
         }
     }
 
+    fn warm_up(self: Arc<Self>, tenants: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let tenants = Arc::new(tenants);
+        self.warming.clone().spawn(move || {
+            let (store, tenants) = (self.clone(), tenants.clone());
+            async move { store.warm_connections(&tenants).await }
+        })
+    }
+
     async fn ready(&self) -> Result<(), String> {
+        self.warming.check()?;
         let applied: Vec<i64> =
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
