@@ -14,7 +14,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -96,6 +96,19 @@ impl Ending {
                 reason: reason.clone(),
             },
         }
+    }
+}
+
+/// One of the worker's `sync.concurrency` delivery slots. A delivery gives it back as
+/// soon as it is done with Ameyo, before its outcome is written, and says so.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
     }
 }
 
@@ -249,7 +262,7 @@ impl Worker {
             total += batch.len();
             let mut set = JoinSet::new();
             for c in batch {
-                set.spawn(self.clone().process(c, Instant::now()));
+                set.spawn(self.clone().process(c, Instant::now(), None));
             }
             while set.join_next().await.is_some() {}
         }
@@ -266,6 +279,10 @@ impl Worker {
         );
         let poll = Duration::from_secs(self.settings.poll_interval_secs);
         let concurrency = self.settings.concurrency;
+        // Deliveries talking to Ameyo hold a slot; `inflight` also counts those whose
+        // outcome is still being written (at most `concurrency` of them).
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let freed = Arc::new(Notify::new());
         let mut inflight = JoinSet::new();
         // Rows claimed and not started yet, with when they were claimed. Claims run
         // beside the deliveries and refill this before it runs dry, so a delivery that
@@ -279,13 +296,20 @@ impl Worker {
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
         tracing::info!(owner = %self.owner, concurrency, "sync worker started");
         loop {
-            while inflight.len() < concurrency
+            while inflight.len() < 2 * concurrency
+                && !queue.is_empty()
+                && let Ok(permit) = slots.clone().try_acquire_owned()
                 && let Some((c, claimed_at)) = queue.pop_front()
             {
-                inflight.spawn(self.clone().process(c, claimed_at));
+                let slot = Slot {
+                    _permit: permit,
+                    freed: freed.clone(),
+                };
+                inflight.spawn(self.clone().process(c, claimed_at, Some(slot)));
             }
             // Keep up to `concurrency` rows waiting behind the deliveries in flight.
-            let room = (2 * concurrency).saturating_sub(inflight.len() + queue.len());
+            let busy = concurrency - slots.available_permits();
+            let room = (2 * concurrency).saturating_sub(busy + queue.len());
             if claiming.is_none() && may_be_due && queue.len() < concurrency && room > 0 {
                 let worker = self.clone();
                 let limit = room.min(MAX_CLAIM);
@@ -318,6 +342,11 @@ impl Worker {
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "the claim failed; retrying"),
+                    }
+                }
+                _ = freed.notified() => {
+                    if short_claim_at.elapsed() >= RECLAIM_PAUSE {
+                        may_be_due = true;
                     }
                 }
                 _ = notify.notified() => may_be_due = true,
@@ -390,7 +419,7 @@ impl Worker {
     /// Deliver one claimed user and record the outcome. The delivery runs as a task of
     /// its own, so a panic in it is caught here and counted as a failed attempt (a user
     /// that keeps crashing its delivery ends as a dead letter).
-    async fn process(self: Arc<Self>, c: Claimed, claimed_at: Instant) {
+    async fn process(self: Arc<Self>, c: Claimed, claimed_at: Instant, slot: Option<Slot>) {
         let span = tracing::info_span!("deliver", tenant = %c.tenant_id, user_id = %c.user_id, version = c.version);
         async move {
             let started = Instant::now();
@@ -455,6 +484,9 @@ impl Worker {
                     (outcome, last_seen(&seen), Vec::new(), Vec::new())
                 }
             };
+            // Done with Ameyo: the next delivery may start while this one's outcome
+            // is written.
+            drop(slot);
             let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
             match self.record(&c, &progress, &outcome, &log, &secret_refs).await {
                 Ok(true) => {}
