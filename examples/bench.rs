@@ -50,6 +50,14 @@ struct Args {
     /// The store(s) to measure; `both` runs PostgreSQL, then SQLite.
     #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
     store: StoreChoice,
+    /// Milliseconds the emulator adds to every Ameyo call during the delivery run (its
+    /// `latency_ms` fault), to see deliveries wait on a distant Ameyo.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    ameyo_latency_ms: u64,
+    /// First measure the emulator alone: this many creates straight to it over HTTP
+    /// (`--concurrency` in flight), the first half's rate beside the second's.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    emulator_creates: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +83,8 @@ impl Kind {
 }
 
 const TOKEN: &str = "bench-token";
+/// `sync.concurrency` of the delivery runs.
+const DELIVERY_CONCURRENCY: usize = 16;
 const TENANT: &str = "bench";
 /// Users whose ids the `GET /Users/{id}` run picks from.
 const ID_SAMPLE: usize = 5000;
@@ -203,7 +213,7 @@ url = "{db_url}"
 max_connections = 32
 [sync]
 password_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-concurrency = 16
+concurrency = {DELIVERY_CONCURRENCY}
 [scim]
 max_page_size = 1000
 [[tenants]]
@@ -331,6 +341,8 @@ struct Report {
     rows: Vec<Stats>,
     delivered: i64,
     delivery_secs: f64,
+    /// Ameyo calls the delivery run made.
+    delivery_calls: u64,
     in_ameyo: usize,
     logins: u64,
     groups: Option<GroupReport>,
@@ -524,6 +536,55 @@ async fn measure_groups(
         calls: emulator.requests().len() - calls_before,
         unwatched_pending,
     })
+}
+
+fn p99_ms(s: &Stats) -> f64 {
+    let mut l = s.latencies.clone();
+    l.sort();
+    l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// The emulator on its own: `n` creates over HTTP, in two halves, so a slowdown as it
+/// fills shows as a second half slower than the first.
+async fn emulator_alone(n: usize, concurrency: usize) -> anyhow::Result<(Stats, Stats)> {
+    let n = n.max(2);
+    let (_emulator, addr) = Emulator::spawn(EmulatorOptions::default()).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let api = format!("http://{addr}/ameyorestapi");
+    let login: serde_json::Value = http
+        .post(format!("{api}/userLogin/login"))
+        .json(&json!({"userId": "admin", "token": "bench", "forceLogin": true}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let session = login["userSessionInfo"]["sessionId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no session in {login}"))?
+        .to_string();
+    let half = |name: &'static str, from: usize, count: usize| {
+        let (http, api, session) = (http.clone(), api.clone(), session.clone());
+        run(name, count, concurrency, move |i| {
+            let user = format!("alone{}", from + i);
+            let request = http
+                .post(format!("{api}/cc/contactCenterUsers"))
+                .header("sessionId", session.as_str())
+                .json(
+                    &json!({"userId": user, "userType": "Agent", "userName": user,
+                              "contactCenterId": 1, "userData": "pw", "maxAllowedLogins": "1"}),
+                );
+            async move {
+                let r = request.send().await.expect("request");
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await;
+            }
+        })
+    };
+    let first = half("emulator alone (first half)", 0, n / 2).await;
+    let second = half("emulator alone (second half)", n / 2, n - n / 2).await;
+    Ok((first, second))
 }
 
 /// Users waiting for delivery or being delivered, in every tenant.
@@ -759,6 +820,11 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
         owner,
     ));
     let shutdown = tokio_util::sync::CancellationToken::new();
+    emulator.set_faults(ameyo_emulator::Faults {
+        latency_ms: args.ameyo_latency_ms,
+        ..Default::default()
+    });
+    let calls_before = emulator.request_count();
     let t = Instant::now();
     let running = tokio::spawn(
         worker
@@ -771,7 +837,7 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
     let mut last_asked = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let arrived = emulator.users().len() as i64 >= delivered;
+        let arrived = emulator.user_count() as i64 >= delivered;
         if !arrived && last_asked.elapsed() < Duration::from_secs(1) {
             continue;
         }
@@ -785,10 +851,12 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
         );
     }
     let delivery_secs = t.elapsed().as_secs_f64();
+    let delivery_calls = emulator.request_count() - calls_before;
     shutdown.cancel();
     running.await?;
+    emulator.set_faults(ameyo_emulator::Faults::default());
     eprintln!("delivered {delivered} in {delivery_secs:.1}s");
-    let in_ameyo = emulator.users().len();
+    let in_ameyo = emulator.user_count();
     let logins = emulator.login_count();
 
     let groups = if args.groups {
@@ -820,6 +888,7 @@ async fn measure(kind: Kind, scratch: &Scratch, args: &Args) -> anyhow::Result<R
         rows,
         delivered,
         delivery_secs,
+        delivery_calls,
         in_ameyo,
         logins,
         groups,
@@ -836,6 +905,11 @@ async fn main() -> anyhow::Result<()> {
     };
     ameyo_scim::telemetry::metrics::install();
 
+    let alone = if args.emulator_creates > 0 {
+        Some(emulator_alone(args.emulator_creates as usize, args.concurrency).await?)
+    } else {
+        None
+    };
     let mut reports = Vec::new();
     for &kind in kinds {
         let scratch = Scratch::create(kind).await?;
@@ -855,14 +929,28 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     for r in &reports {
+        let calls_per_sec = r.delivery_calls as f64 / r.delivery_secs;
+        // Each delivery makes one call at a time: `sync.concurrency` calls in flight at
+        // best, each taking the added latency.
+        let ceiling = if args.ameyo_latency_ms > 0 {
+            let ideal = DELIVERY_CONCURRENCY as f64 * 1000.0 / args.ameyo_latency_ms as f64;
+            format!(
+                ", {:.0}% of concurrency / latency = {ideal:.0} calls/s with {} ms added per call",
+                100.0 * calls_per_sec / ideal,
+                args.ameyo_latency_ms
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "delivery ({}): {} pending users delivered to the emulator in {:.1}s ({:.0} users/s, {} in Ameyo, {} logins)",
+            "delivery ({}): {} pending users delivered to the emulator in {:.1}s ({:.0} users/s, {} in Ameyo, {} logins; {} Ameyo calls, {calls_per_sec:.0} calls/s{ceiling})",
             r.kind.name(),
             r.delivered,
             r.delivery_secs,
             r.delivered as f64 / r.delivery_secs,
             r.in_ameyo,
-            r.logins
+            r.logins,
+            r.delivery_calls,
         );
     }
     let group_reports: Vec<_> = reports
@@ -894,6 +982,18 @@ async fn main() -> anyhow::Result<()> {
                 g.unwatched_pending,
             );
         }
+    }
+    if let Some((first, second)) = alone {
+        println!();
+        println!(
+            "emulator alone: {} creates over HTTP, {} in flight: {:.0}/s for the first half, {:.0}/s for the second (p99 {:.1} ms, {:.1} ms)",
+            first.n + second.n,
+            args.concurrency,
+            first.n as f64 / first.seconds,
+            second.n as f64 / second.seconds,
+            p99_ms(&first),
+            p99_ms(&second),
+        );
     }
     let seeded: Vec<String> = reports
         .iter()

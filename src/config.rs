@@ -306,9 +306,10 @@ pub struct AmeyoSettings {
     pub connect_timeout_secs: u64,
     #[serde(default = "default_ameyo_request_timeout")]
     pub request_timeout_secs: u64,
-    /// At most this many calls in flight to this Ameyo server from one process.
-    #[serde(default = "default_max_concurrent_calls")]
-    pub max_concurrent_calls: usize,
+    /// At most this many calls in flight to this Ameyo server from one process; unset,
+    /// as many as `sync.concurrency` (each delivery makes one call at a time).
+    #[serde(default)]
+    pub max_concurrent_calls: Option<usize>,
     /// Whether the bridge may take over an Ameyo user that already exists with the
     /// userId it would create (made by hand or by another system). Off: such a user
     /// is dead-lettered, so nobody's account is silently taken over.
@@ -350,9 +351,6 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_ameyo_request_timeout() -> u64 {
     20
-}
-fn default_max_concurrent_calls() -> usize {
-    8
 }
 
 /// Every known Ameyo user type except `Administrator`.
@@ -677,6 +675,9 @@ impl Settings {
     fn fill_derived_defaults(&mut self) {
         for t in &mut self.tenants {
             let a = &mut t.ameyo;
+            if a.max_concurrent_calls.is_none() {
+                a.max_concurrent_calls = Some(self.sync.concurrency);
+            }
             if a.allowed_contact_center_ids.is_none() {
                 a.allowed_contact_center_ids = Some(default_allowed_contact_center_ids(
                     a.contact_center_id,
@@ -871,7 +872,9 @@ fn validate_ameyo(a: &AmeyoSettings, key: &dyn Fn(&str) -> String) -> Result<(),
             "timeouts must be positive",
         ));
     }
-    if !(1..=256).contains(&a.max_concurrent_calls) {
+    if a.max_concurrent_calls
+        .is_some_and(|n| !(1..=256).contains(&n))
+    {
         return Err(invalid(
             key("max_concurrent_calls"),
             "must be between 1 and 256",

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use ameyo_emulator::{EmulatorOptions, Faults, Outage};
 use ameyo_scim::store::outbox::{
-    Attempt, Claimed, Completion, LinkedUser, Outbox, SyncCount, SyncEntry, UserIdClaim, Which,
+    Attempt, Claimed, Completing, Completion, LinkedUser, Outbox, SyncCount, SyncEntry,
+    UserIdClaim, Which,
 };
 use ameyo_scim::sync::{STALE_AFTER, Worker};
 use async_trait::async_trait;
@@ -642,4 +643,179 @@ async fn pruning_deletes_every_expired_attempt_and_keeps_the_recent_ones(db: Tes
     assert_eq!(pruned, 25_000);
     let (old, recent) = db.attempts_by_age(14).await;
     assert_eq!((old, recent), (0, 10));
+}
+
+both_backends!(a_batch_of_completions_records_each_row_by_its_own_lease);
+async fn a_batch_of_completions_records_each_row_by_its_own_lease(db: TestDb) {
+    let app = app(&db).await;
+    let mut users = Vec::new();
+    for name in ["ann", "bob", "cat", "dan", "eve"] {
+        users.push(uuid(
+            &app.create_named(&format!("{name}@example.com")).await,
+        ));
+    }
+    let eve = users[4];
+    app.delete(&format!("/scim/v2/Users/{eve}")).await;
+    let outbox = app.backend.outbox.clone();
+    let mut claimed = outbox
+        .claim("w1", &tenant_a(), Duration::from_secs(120), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 5);
+    claimed.sort_by_key(|c| users.iter().position(|u| *u == c.user_id));
+    // bob's lease was lost: another worker holds the row now.
+    let bob = Claimed {
+        lease_token: Uuid::new_v4(),
+        ..claimed[1].clone()
+    };
+    let link = |user_id: &str| ameyo_scim::store::outbox::Link {
+        ameyo_user_id: Some(user_id.into()),
+        cc_user_id: Some(7),
+        last_pushed: Some(json!({"userId": user_id})),
+        ..Default::default()
+    };
+    let (ann_link, bob_link, cat_link, dan_link) =
+        (link("ann"), link("bob"), link("cat"), link("dan"));
+    let call = |name: &'static str, ok: bool| Attempt {
+        call: name,
+        ok,
+        http_status: Some(if ok { 200 } else { 503 }),
+        duration_ms: 3,
+        error: (!ok).then(|| "Ameyo answered 503".to_string()),
+    };
+    let created = [call("create", true)];
+    let failed = [call("update", false)];
+    let deleted = [call("delete", true)];
+    let items = [
+        Completing {
+            claimed: &claimed[0],
+            server: "http://ameyo.example",
+            completion: Completion::Synced {
+                link: &ann_link,
+                password_delivered: false,
+            },
+            attempts: &created,
+        },
+        Completing {
+            claimed: &bob,
+            server: "http://ameyo.example",
+            completion: Completion::Synced {
+                link: &bob_link,
+                password_delivered: false,
+            },
+            attempts: &created,
+        },
+        Completing {
+            claimed: &claimed[2],
+            server: "http://ameyo.example",
+            completion: Completion::Retry {
+                link: &cat_link,
+                delay: Duration::from_secs(60),
+                reason: "Ameyo answered 503".into(),
+                full_push: false,
+            },
+            attempts: &failed,
+        },
+        Completing {
+            claimed: &claimed[3],
+            server: "http://ameyo.example",
+            completion: Completion::Dead {
+                link: &dan_link,
+                reason: "refused for good".into(),
+            },
+            attempts: &failed,
+        },
+        Completing {
+            claimed: &claimed[4],
+            server: "http://ameyo.example",
+            completion: Completion::Removed,
+            attempts: &deleted,
+        },
+    ];
+    let done: Vec<bool> = outbox
+        .complete_many("w1", &items)
+        .await
+        .into_iter()
+        .map(|r| r.expect("recorded"))
+        .collect();
+    assert_eq!(done, [true, false, true, true, true]);
+
+    let r = row(&db, users[0]).await;
+    assert_eq!(
+        (r.state.as_str(), r.ameyo_user_id.as_deref()),
+        ("done", Some("ann")),
+        "{r:?}"
+    );
+    assert_eq!(r.synced_version, r.desired_version);
+    assert!(
+        r.lease_token.is_none() && r.pending_since.is_none(),
+        "{r:?}"
+    );
+    // The lost lease records nothing: the row stays with its holder, unlinked.
+    let r = row(&db, users[1]).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("leased", 0), "{r:?}");
+    assert_eq!(r.lease_token, Some(claimed[1].lease_token));
+    assert!(r.ameyo_user_id.is_none(), "{r:?}");
+    let r = row(&db, users[2]).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("pending", 1), "{r:?}");
+    assert_eq!(r.last_error.as_deref(), Some("Ameyo answered 503"));
+    assert!(r.delay_secs > 50.0, "{r:?}");
+    let r = row(&db, users[3]).await;
+    assert_eq!(
+        (r.state.as_str(), r.last_error.as_deref()),
+        ("dead", Some("refused for good")),
+        "{r:?}"
+    );
+    assert!(
+        db.outbox_row(eve).await.is_none(),
+        "the tombstone goes with its row"
+    );
+    // Every call is in the attempt log, the lost lease's too.
+    for (user, call) in users
+        .iter()
+        .zip(["create", "create", "update", "update", "delete"])
+    {
+        let log = outbox.recent_attempts(*user, 10).await.expect("attempts");
+        assert_eq!(log.len(), 1, "{user}: {log:?}");
+        assert_eq!(log[0]["call"], call);
+        assert_eq!(log[0]["worker"], "w1");
+    }
+}
+
+both_backends!(a_batch_whose_rows_collide_records_each_row_on_its_own);
+async fn a_batch_whose_rows_collide_records_each_row_on_its_own(db: TestDb) {
+    let app = app(&db).await;
+    let ann = uuid(&app.create_named("ann@a.example").await);
+    let other = uuid(&app.create_named("ann@b.example").await);
+    let outbox = app.backend.outbox.clone();
+    let claimed = outbox
+        .claim("w1", &tenant_a(), Duration::from_secs(120), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    // Both would link the one userId `ann` on one server: the ownership index lets one
+    // have it. The batch cannot be written whole; the first row is still recorded.
+    let link = ameyo_scim::store::outbox::Link {
+        ameyo_user_id: Some("ann".into()),
+        ..Default::default()
+    };
+    let items: Vec<Completing<'_>> = claimed
+        .iter()
+        .map(|c| Completing {
+            claimed: c,
+            server: "http://ameyo.example",
+            completion: Completion::Synced {
+                link: &link,
+                password_delivered: false,
+            },
+            attempts: &[],
+        })
+        .collect();
+    let done = outbox.complete_many("w1", &items).await;
+    assert!(matches!(done[0], Ok(true)), "{done:?}");
+    assert!(done[1].is_err(), "{done:?}");
+    let first = claimed[0].user_id;
+    let second = if first == ann { other } else { ann };
+    assert_eq!(row(&db, first).await.state, "done");
+    assert_eq!(row(&db, second).await.state, "leased");
 }

@@ -241,11 +241,15 @@ impl AmeyoClient {
         let api = base
             .join("ameyorestapi/")
             .map_err(|e| format!("base_url: {e}"))?;
+        // Unset only where settings were not loaded through `Settings` (which fills
+        // in `sync.concurrency`): the default concurrency.
+        let max_calls = s.max_concurrent_calls.unwrap_or(8).max(1);
+        // One connection per call in flight, kept open between calls.
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(s.connect_timeout_secs))
             .timeout(Duration::from_secs(s.request_timeout_secs))
             .user_agent(concat!("ameyo-scim/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(s.max_concurrent_calls);
+            .pool_max_idle_per_host(max_calls);
         if let Some(ca) = &s.ca_file {
             let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)
@@ -278,7 +282,7 @@ impl AmeyoClient {
             auth,
             session: RwLock::new(session),
             login_lock: Mutex::new(()),
-            limiter: Semaphore::new(s.max_concurrent_calls),
+            limiter: Semaphore::new(max_calls),
             update_path_id: s.update_path_id,
             shared,
             tenant: tenant.to_string(),

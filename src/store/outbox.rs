@@ -212,6 +212,16 @@ pub enum Completion<'a> {
     Removed,
 }
 
+/// One delivery's outcome, for [`Outbox::complete_many`].
+#[derive(Debug, Clone)]
+pub struct Completing<'a> {
+    pub claimed: &'a Claimed,
+    /// The tenant's Ameyo server (see [`Outbox::complete`]).
+    pub server: &'a str,
+    pub completion: Completion<'a>,
+    pub attempts: &'a [Attempt],
+}
+
 /// Users per tenant and delivery state, with the age of the oldest undelivered change.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SyncCount {
@@ -425,6 +435,21 @@ pub trait Outbox: Send + Sync + 'static {
         completion: &Completion<'_>,
         attempts: &[Attempt],
     ) -> Result<bool>;
+    /// Record the outcomes of many deliveries of `owner` together (in one transaction
+    /// where the backend has them), each fenced by its own lease token as
+    /// [`Outbox::complete`] is: a row whose lease was lost records nothing but its
+    /// attempt log and does not keep the others from being recorded, nor does a row
+    /// that cannot be written. One answer per item, in order.
+    async fn complete_many(&self, owner: &str, items: &[Completing<'_>]) -> Vec<Result<bool>> {
+        let mut done = Vec::with_capacity(items.len());
+        for i in items {
+            done.push(
+                self.complete(i.claimed, owner, i.server, &i.completion, i.attempts)
+                    .await,
+            );
+        }
+        done
+    }
     /// Scope this tenant's links made before ownership was recorded to its server
     /// (once per start; a userId already owned there is left unscoped and logged).
     async fn adopt_server(&self, tenant: &str, server: &str) -> Result<u64>;
@@ -733,6 +758,248 @@ async fn notify(pool: &PgPool, why: &str) -> Result<()> {
     Ok(())
 }
 
+/// The attempt logs of many deliveries of one worker, in one statement.
+const LOG_MANY_SQL: &str = "
+INSERT INTO sync_attempts (tenant_id, user_id, version, worker, call, outcome, http_status,
+                           duration_ms, error)
+SELECT c.tenant_id, c.user_id, c.version, $1, c.call, c.outcome, c.status, c.ms, c.error
+FROM UNNEST($2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::int[], $8::int[],
+            $9::text[]) AS c(tenant_id, user_id, version, call, outcome, status, ms, error)";
+
+/// [`SYNCED_SQL`] for many rows, each fenced by its own lease token. The rows are locked
+/// in user order first, so two batches do not wait on each other in a cycle (one with
+/// another transaction is broken by PostgreSQL, and the rows are then recorded one by
+/// one). Returns the rows recorded.
+const SYNCED_MANY_SQL: &str = "
+WITH b AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                         $6::bigint[], $7::bool[], $8::bool[], $9::jsonb[], $10::text[],
+                         $11::bool[])
+        AS b(user_id, token, version, server, ameyo_user_id, cc_user_id, create_attempted,
+             locked, last_pushed, intended_user_id, password_delivered)),
+l AS (
+    SELECT s.user_id FROM sync_state s JOIN b ON s.user_id = b.user_id AND s.lease_token = b.token
+    ORDER BY s.user_id
+    FOR UPDATE OF s)
+UPDATE sync_state s SET
+    synced_version = GREATEST(s.synced_version, b.version),
+    state = CASE WHEN s.desired_version > b.version OR s.resync_requested THEN 'pending' ELSE 'done' END,
+    pending_since = CASE WHEN s.desired_version > b.version OR s.resync_requested
+                         THEN s.pending_since ELSE NULL END,
+    attempts = CASE WHEN s.desired_version > b.version THEN s.attempts ELSE 0 END,
+    next_attempt_at = now(), last_error = NULL,
+    lease_owner = NULL, lease_until = NULL, lease_token = NULL,
+    ameyo_user_id = b.ameyo_user_id, cc_user_id = b.cc_user_id,
+    create_attempted = b.create_attempted, ameyo_locked = b.locked,
+    intended_user_id = b.intended_user_id,
+    ameyo_server = CASE WHEN coalesce(b.ameyo_user_id, b.intended_user_id) IS NULL
+                        THEN NULL ELSE b.server END,
+    last_pushed = CASE WHEN s.resync_requested THEN NULL ELSE b.last_pushed END,
+    pending_password = CASE WHEN b.password_delivered AND s.password_version <= b.version
+                            THEN NULL ELSE s.pending_password END,
+    password_version = CASE WHEN b.password_delivered AND s.password_version <= b.version
+                            THEN NULL ELSE s.password_version END,
+    updated_at = now()
+FROM b JOIN l ON l.user_id = b.user_id
+WHERE s.user_id = b.user_id AND s.lease_token = b.token
+RETURNING s.user_id";
+
+/// Many completions in one transaction: every attempt log in one statement, every
+/// synced row in one statement, the rest (retries, dead letters, removals: rare in a
+/// bulk delivery) one statement each.
+async fn complete_batch(pool: &PgPool, owner: &str, items: &[Completing<'_>]) -> Result<Vec<bool>> {
+    let mut tx = pool.begin().await?;
+    let calls = items
+        .iter()
+        .flat_map(|i| i.attempts.iter().map(move |a| (i, a)));
+    let (mut tenants, mut users, mut versions, mut names, mut outcomes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut statuses, mut ms, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, a) in calls {
+        tenants.push(i.claimed.tenant_id.as_str());
+        users.push(i.claimed.user_id);
+        versions.push(i.claimed.version);
+        names.push(a.call);
+        outcomes.push(if a.ok { "ok" } else { "error" });
+        statuses.push(a.http_status.map(i32::from));
+        ms.push(a.duration_ms);
+        errors.push(a.error.as_deref());
+    }
+    if !users.is_empty() {
+        sqlx::query(LOG_MANY_SQL)
+            .bind(owner)
+            .bind(tenants)
+            .bind(users)
+            .bind(versions)
+            .bind(names)
+            .bind(outcomes)
+            .bind(statuses)
+            .bind(ms)
+            .bind(errors)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let synced: Vec<(&Completing<'_>, &Link, bool)> = items
+        .iter()
+        .filter_map(|i| match &i.completion {
+            Completion::Synced {
+                link,
+                password_delivered,
+            } => Some((i, *link, *password_delivered)),
+            _ => None,
+        })
+        .collect();
+    let mut recorded = std::collections::HashSet::new();
+    if !synced.is_empty() {
+        let rows: Vec<Uuid> = sqlx::query_scalar(SYNCED_MANY_SQL)
+            .bind(
+                synced
+                    .iter()
+                    .map(|(i, ..)| i.claimed.user_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                synced
+                    .iter()
+                    .map(|(i, ..)| i.claimed.lease_token)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                synced
+                    .iter()
+                    .map(|(i, ..)| i.claimed.version)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(synced.iter().map(|(i, ..)| i.server).collect::<Vec<_>>())
+            .bind(
+                synced
+                    .iter()
+                    .map(|(_, l, _)| l.ameyo_user_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                synced
+                    .iter()
+                    .map(|(_, l, _)| l.cc_user_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                synced
+                    .iter()
+                    .map(|(_, l, _)| l.create_attempted)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(synced.iter().map(|(_, l, _)| l.locked).collect::<Vec<_>>())
+            .bind(
+                synced
+                    .iter()
+                    .map(|(_, l, _)| l.last_pushed.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                synced
+                    .iter()
+                    .map(|(_, l, _)| l.intended_user_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(synced.iter().map(|(.., p)| *p).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        recorded.extend(rows);
+    }
+    let mut done = Vec::with_capacity(items.len());
+    for i in items {
+        done.push(match &i.completion {
+            Completion::Synced { .. } => recorded.contains(&i.claimed.user_id),
+            // The calls are logged above already.
+            other => complete_on(&mut *tx, i.claimed, owner, i.server, other, &[]).await?,
+        });
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// One completion on `executor` (a pool or a transaction): [`Outbox::complete`].
+async fn complete_on<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    c: &Claimed,
+    owner: &str,
+    server: &str,
+    completion: &Completion<'_>,
+    attempts: &[Attempt],
+) -> Result<bool> {
+    let calls: Vec<&str> = attempts.iter().map(|a| a.call).collect();
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| if a.ok { "ok" } else { "error" })
+        .collect();
+    let statuses: Vec<Option<i32>> = attempts
+        .iter()
+        .map(|a| a.http_status.map(i32::from))
+        .collect();
+    let ms: Vec<i32> = attempts.iter().map(|a| a.duration_ms).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    let base = |sql: &'static str| {
+        sqlx::query_scalar::<_, i64>(sql)
+            .bind(c.user_id)
+            .bind(c.lease_token)
+            .bind(&c.tenant_id)
+            .bind(c.version)
+            .bind(calls.clone())
+            .bind(outcomes.clone())
+            .bind(statuses.clone())
+            .bind(ms.clone())
+            .bind(errors.clone())
+            .bind(owner)
+    };
+    let with_link = |sql: &'static str, link: &Link| {
+        base(sql)
+            .bind(server)
+            .bind(link.ameyo_user_id.clone())
+            .bind(link.cc_user_id)
+            .bind(link.create_attempted)
+            .bind(link.locked)
+            .bind(link.last_pushed.clone())
+            .bind(link.intended_user_id.clone())
+    };
+    let n = match completion {
+        Completion::Removed => base(REMOVED_SQL).fetch_one(executor).await?,
+        Completion::Synced {
+            link,
+            password_delivered,
+        } => {
+            with_link(SYNCED_SQL, link)
+                .bind(*password_delivered)
+                .fetch_one(executor)
+                .await?
+        }
+        Completion::Retry {
+            link,
+            delay,
+            reason,
+            full_push,
+        } => {
+            with_link(RETRY_SQL, link)
+                .bind(false)
+                .bind(delay.as_secs_f64())
+                .bind(reason.as_str())
+                .bind(*full_push)
+                .fetch_one(executor)
+                .await?
+        }
+        Completion::Dead { link, reason } => {
+            with_link(RETRY_SQL, link)
+                .bind(true)
+                .bind(0.0f64)
+                .bind(reason.as_str())
+                .bind(false)
+                .fetch_one(executor)
+                .await?
+        }
+    };
+    Ok(n == 1)
+}
+
 #[async_trait]
 impl Outbox for PgOutbox {
     async fn heartbeat(&self, owner: &str) -> Result<()> {
@@ -838,76 +1105,36 @@ impl Outbox for PgOutbox {
         completion: &Completion<'_>,
         attempts: &[Attempt],
     ) -> Result<bool> {
-        let calls: Vec<&str> = attempts.iter().map(|a| a.call).collect();
-        let outcomes: Vec<&str> = attempts
-            .iter()
-            .map(|a| if a.ok { "ok" } else { "error" })
-            .collect();
-        let statuses: Vec<Option<i32>> = attempts
-            .iter()
-            .map(|a| a.http_status.map(i32::from))
-            .collect();
-        let ms: Vec<i32> = attempts.iter().map(|a| a.duration_ms).collect();
-        let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
-        let base = |sql: &'static str| {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(c.user_id)
-                .bind(c.lease_token)
-                .bind(&c.tenant_id)
-                .bind(c.version)
-                .bind(calls.clone())
-                .bind(outcomes.clone())
-                .bind(statuses.clone())
-                .bind(ms.clone())
-                .bind(errors.clone())
-                .bind(owner)
-        };
-        let with_link = |sql: &'static str, link: &Link| {
-            base(sql)
-                .bind(server)
-                .bind(link.ameyo_user_id.clone())
-                .bind(link.cc_user_id)
-                .bind(link.create_attempted)
-                .bind(link.locked)
-                .bind(link.last_pushed.clone())
-                .bind(link.intended_user_id.clone())
-        };
-        let n = match completion {
-            Completion::Removed => base(REMOVED_SQL).fetch_one(&self.pool).await?,
-            Completion::Synced {
-                link,
-                password_delivered,
-            } => {
-                with_link(SYNCED_SQL, link)
-                    .bind(*password_delivered)
-                    .fetch_one(&self.pool)
-                    .await?
+        complete_on(&self.pool, c, owner, server, completion, attempts).await
+    }
+
+    async fn complete_many(&self, owner: &str, items: &[Completing<'_>]) -> Vec<Result<bool>> {
+        if items.len() > 1 {
+            match complete_batch(&self.pool, owner, items).await {
+                Ok(done) => return done.into_iter().map(Ok).collect(),
+                // One row the batch could not take (a userId another row took in the
+                // meantime, a lock cycle with another transaction) must not cost the
+                // others their record: each goes on its own below.
+                Err(e) => {
+                    tracing::debug!(error = %e, rows = items.len(), "batched completion failed; recording one by one")
+                }
             }
-            Completion::Retry {
-                link,
-                delay,
-                reason,
-                full_push,
-            } => {
-                with_link(RETRY_SQL, link)
-                    .bind(false)
-                    .bind(delay.as_secs_f64())
-                    .bind(reason.as_str())
-                    .bind(*full_push)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-            Completion::Dead { link, reason } => {
-                with_link(RETRY_SQL, link)
-                    .bind(true)
-                    .bind(0.0f64)
-                    .bind(reason.as_str())
-                    .bind(false)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        Ok(n == 1)
+        }
+        let mut done = Vec::with_capacity(items.len());
+        for i in items {
+            done.push(
+                complete_on(
+                    &self.pool,
+                    i.claimed,
+                    owner,
+                    i.server,
+                    &i.completion,
+                    i.attempts,
+                )
+                .await,
+            );
+        }
+        done
     }
 
     async fn adopt_server(&self, tenant: &str, server: &str) -> Result<u64> {

@@ -6,16 +6,16 @@
 pub mod decide;
 pub mod retry;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::ameyo::client::{CallError, CallRecord, SessionStore};
 use crate::ameyo::mapping;
 use crate::config::{Settings, SyncSettings};
-use crate::store::outbox::{Attempt, Claimed, Completion, Outbox, PgOutbox};
+use crate::store::outbox::{Attempt, Claimed, Completing, Completion, Link, Outbox, PgOutbox};
 use crate::store::password::PasswordCipher;
 use crate::store::session::PgSessionStore;
 use crate::tenants::Tenant;
@@ -35,6 +35,13 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const STALE_AFTER: Duration = Duration::from_secs(6);
 /// Steps one delivery may take; the rules settle in far fewer.
 const MAX_STEPS: usize = 16;
+/// Most rows one claim leases.
+const MAX_CLAIM: usize = 256;
+/// Most completions written together.
+const MAX_RECORD_BATCH: usize = 256;
+/// After a claim found less than it asked for, how long finished deliveries do not
+/// prompt another (notifications and the poll still do).
+const RECLAIM_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a worker needs; cheap to share between its tasks.
 pub struct Worker {
@@ -44,6 +51,107 @@ pub struct Worker {
     tenant_ids: Vec<String>,
     settings: SyncSettings,
     owner: String,
+    /// Where deliveries hand their outcome to be written with others (started on
+    /// first use, in the runtime of the first delivery).
+    recorder: OnceLock<mpsc::UnboundedSender<Finished>>,
+}
+
+/// How a delivery ended, without its link: what [`Completion`] says.
+#[derive(Debug)]
+enum Ending {
+    Removed,
+    Synced {
+        password_delivered: bool,
+    },
+    Retry {
+        delay: Duration,
+        reason: String,
+        full_push: bool,
+    },
+    Dead {
+        reason: String,
+    },
+}
+
+impl Ending {
+    fn completion<'a>(&'a self, link: &'a Link) -> Completion<'a> {
+        match self {
+            Ending::Removed => Completion::Removed,
+            Ending::Synced { password_delivered } => Completion::Synced {
+                link,
+                password_delivered: *password_delivered,
+            },
+            Ending::Retry {
+                delay,
+                reason,
+                full_push,
+            } => Completion::Retry {
+                link,
+                delay: *delay,
+                reason: reason.clone(),
+                full_push: *full_push,
+            },
+            Ending::Dead { reason } => Completion::Dead {
+                link,
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// One of the worker's `sync.concurrency` delivery slots. A delivery gives it back as
+/// soon as it is done with Ameyo, before its outcome is written, and says so.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
+}
+
+/// A delivery's outcome on its way to the recorder.
+struct Finished {
+    claimed: Claimed,
+    server: String,
+    link: Link,
+    ending: Ending,
+    attempts: Vec<Attempt>,
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Writes the outcomes of deliveries as they finish, those that finished while the
+/// previous write ran together in one (a group commit: one transaction for many rows
+/// when deliveries are fast, one row at a time when they are not). Ends when the
+/// worker is gone.
+async fn recorder(
+    outbox: Arc<dyn Outbox>,
+    owner: String,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+) {
+    let mut batch = Vec::new();
+    while finished.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
+        let items: Vec<Completing<'_>> = batch
+            .iter()
+            .map(|f| Completing {
+                claimed: &f.claimed,
+                server: &f.server,
+                completion: f.ending.completion(&f.link),
+                attempts: &f.attempts,
+            })
+            .collect();
+        let mut written = outbox.complete_many(&owner, &items).await.into_iter();
+        drop(items);
+        for f in batch.drain(..) {
+            let answer = match written.next() {
+                Some(r) => r.map_err(|e| e.to_string()),
+                None => Err("the outbox answered for fewer rows than it was given".into()),
+            };
+            let _ = f.reply.send(answer);
+        }
+    }
 }
 
 impl Worker {
@@ -93,6 +201,7 @@ impl Worker {
             tenant_ids,
             settings: settings.clone(),
             owner,
+            recorder: OnceLock::new(),
         }
     }
 
@@ -153,7 +262,7 @@ impl Worker {
             total += batch.len();
             let mut set = JoinSet::new();
             for c in batch {
-                set.spawn(self.clone().process(c));
+                set.spawn(self.clone().process(c, Instant::now(), None));
             }
             while set.join_next().await.is_some() {}
         }
@@ -169,50 +278,93 @@ impl Worker {
                 .heartbeat_loop(notify.clone(), shutdown.clone()),
         );
         let poll = Duration::from_secs(self.settings.poll_interval_secs);
+        let concurrency = self.settings.concurrency;
+        // Deliveries talking to Ameyo hold a slot; `inflight` also counts those whose
+        // outcome is still being written (at most `concurrency` of them).
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let freed = Arc::new(Notify::new());
         let mut inflight = JoinSet::new();
+        // Rows claimed and not started yet, with when they were claimed. Claims run
+        // beside the deliveries and refill this before it runs dry, so a delivery that
+        // ends is replaced at once, and one claim serves many deliveries.
+        let mut queue: VecDeque<(Claimed, Instant)> = VecDeque::new();
+        let mut claiming: Option<JoinHandle<(usize, crate::store::Result<Vec<Claimed>>)>> = None;
+        // Whether a claim may find due rows now: after a short claim, not until a
+        // notification, the poll, or (a little later) a delivery that ends.
+        let mut may_be_due = true;
+        let mut short_claim_at = Instant::now();
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
-        tracing::info!(owner = %self.owner, concurrency = self.settings.concurrency, "sync worker started");
+        tracing::info!(owner = %self.owner, concurrency, "sync worker started");
         loop {
-            while inflight.try_join_next().is_some() {}
-            let free = self.settings.concurrency.saturating_sub(inflight.len());
-            let mut claimed = 0;
-            if free > 0 {
-                match self.claim(free).await {
-                    Ok(batch) => {
-                        claimed = batch.len();
-                        for c in batch {
-                            inflight.spawn(self.clone().process(c));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim work; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                }
+            while inflight.len() < 2 * concurrency
+                && !queue.is_empty()
+                && let Ok(permit) = slots.clone().try_acquire_owned()
+                && let Some((c, claimed_at)) = queue.pop_front()
+            {
+                let slot = Slot {
+                    _permit: permit,
+                    freed: freed.clone(),
+                };
+                inflight.spawn(self.clone().process(c, claimed_at, Some(slot)));
+            }
+            // Keep up to `concurrency` rows waiting behind the deliveries in flight.
+            let busy = concurrency - slots.available_permits();
+            let room = (2 * concurrency).saturating_sub(busy + queue.len());
+            if claiming.is_none() && may_be_due && queue.len() < concurrency && room > 0 {
+                let worker = self.clone();
+                let limit = room.min(MAX_CLAIM);
+                claiming = Some(tokio::spawn(
+                    async move { (limit, worker.claim(limit).await) },
+                ));
             }
             if last_prune.elapsed() > Duration::from_secs(3600) {
                 last_prune = Instant::now();
                 self.prune().await;
             }
-            if claimed > 0 && claimed == free {
-                // There may be more due: go round without waiting.
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                if inflight.len() < self.settings.concurrency {
-                    continue;
-                }
-            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = notify.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                claimed = async { claiming.as_mut().expect("a claim in flight").await }, if claiming.is_some() => {
+                    claiming = None;
+                    match claimed {
+                        Ok((limit, Ok(batch))) => {
+                            if batch.len() < limit {
+                                may_be_due = false;
+                                short_claim_at = Instant::now();
+                            }
+                            let now = Instant::now();
+                            queue.extend(batch.into_iter().map(|c| (c, now)));
+                        }
+                        Ok((_, Err(e))) => {
+                            tracing::warn!(error = %e, "cannot claim work; retrying");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "the claim failed; retrying"),
+                    }
+                }
+                _ = freed.notified() => {
+                    if short_claim_at.elapsed() >= RECLAIM_PAUSE {
+                        may_be_due = true;
+                    }
+                }
+                _ = notify.notified() => may_be_due = true,
+                _ = tokio::time::sleep(poll) => may_be_due = true,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {
+                    if short_claim_at.elapsed() >= RECLAIM_PAUSE {
+                        may_be_due = true;
+                    }
+                }
             }
         }
+        // A claim still running leases rows to this worker: let it end, so the leases
+        // are handed back below with the rest.
+        if let Some(claim) = claiming.take() {
+            let _ = claim.await;
+        }
+        // Rows claimed but never started go back with every other lease at the end.
+        drop(queue);
         tracing::info!(
             in_flight = inflight.len(),
             "sync worker stopping: finishing in-flight deliveries"
@@ -267,7 +419,7 @@ impl Worker {
     /// Deliver one claimed user and record the outcome. The delivery runs as a task of
     /// its own, so a panic in it is caught here and counted as a failed attempt (a user
     /// that keeps crashing its delivery ends as a dead letter).
-    async fn process(self: Arc<Self>, c: Claimed) {
+    async fn process(self: Arc<Self>, c: Claimed, claimed_at: Instant, slot: Option<Slot>) {
         let span = tracing::info_span!("deliver", tenant = %c.tenant_id, user_id = %c.user_id, version = c.version);
         async move {
             let started = Instant::now();
@@ -277,7 +429,12 @@ impl Worker {
             };
             // Cut a delivery off well before its lease ends, so no one else starts on
             // the same user while this one still talks to Ameyo.
-            let budget = self.lease().saturating_sub(Duration::from_secs(5)).max(Duration::from_secs(5));
+            // The lease runs from the claim, which may have been a moment ago.
+            let budget = self
+                .lease()
+                .saturating_sub(Duration::from_secs(5))
+                .saturating_sub(claimed_at.elapsed())
+                .max(Duration::from_secs(5));
             let worker = self.clone();
             let claimed = c.clone();
             // What the delivery has learnt so far, kept outside it: a delivery cut off
@@ -327,6 +484,9 @@ impl Worker {
                     (outcome, last_seen(&seen), Vec::new(), Vec::new())
                 }
             };
+            // Done with Ameyo: the next delivery may start while this one's outcome
+            // is written.
+            drop(slot);
             let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
             match self.record(&c, &progress, &outcome, &log, &secret_refs).await {
                 Ok(true) => {}
@@ -474,7 +634,8 @@ impl Worker {
         )
     }
 
-    /// Write the outcome, fenced by the lease token. `Ok(false)`: the lease was lost.
+    /// Write the outcome, fenced by the lease token, together with the outcomes of the
+    /// deliveries that finish at the same time. `Ok(false)`: the lease was lost.
     async fn record(
         &self,
         c: &Claimed,
@@ -482,7 +643,7 @@ impl Worker {
         outcome: &Outcome,
         log: &[CallRecord],
         secrets: &[&str],
-    ) -> crate::store::Result<bool> {
+    ) -> Result<bool, String> {
         let Some(tenant) = self.tenants.get(&c.tenant_id) else {
             return Ok(false);
         };
@@ -496,16 +657,13 @@ impl Worker {
                 error: r.error.clone().map(|e| scrub(e, secrets)),
             })
             .collect();
-        let link = &progress.link;
-        let completion = match outcome {
+        let ending = match outcome {
             Outcome::LostLease => return Ok(false),
-            Outcome::Removed => Completion::Removed,
-            Outcome::Synced => Completion::Synced {
-                link,
+            Outcome::Removed => Ending::Removed,
+            Outcome::Synced => Ending::Synced {
                 password_delivered: progress.password_delivered,
             },
-            Outcome::Dead(reason) => Completion::Dead {
-                link,
+            Outcome::Dead(reason) => Ending::Dead {
                 reason: scrub(reason.clone(), secrets),
             },
             Outcome::Retry(e) => {
@@ -519,8 +677,7 @@ impl Worker {
                     Duration::from_secs(self.settings.retry_cap_secs),
                     after,
                 );
-                Completion::Retry {
-                    link,
+                Ending::Retry {
                     delay: decide::retry_delay(
                         e,
                         backoff,
@@ -531,9 +688,38 @@ impl Worker {
                 }
             }
         };
-        self.outbox
-            .complete(c, &self.owner, &tenant.server, &completion, &attempts)
-            .await
+        let (reply, answer) = oneshot::channel();
+        let finished = Finished {
+            claimed: c.clone(),
+            server: tenant.server.clone(),
+            link: progress.link.clone(),
+            ending,
+            attempts,
+            reply,
+        };
+        let recorder = self.recorder.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(recorder(self.outbox.clone(), self.owner.clone(), rx));
+            tx
+        });
+        match recorder.send(finished) {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err("the delivery recorder stopped".into())),
+            // The recorder's runtime is gone (a worker reused in another runtime):
+            // write this one here.
+            Err(mpsc::error::SendError(f)) => self
+                .outbox
+                .complete(
+                    &f.claimed,
+                    &self.owner,
+                    &f.server,
+                    &f.ending.completion(&f.link),
+                    &f.attempts,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 

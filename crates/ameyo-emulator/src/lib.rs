@@ -171,6 +171,16 @@ impl Emulator {
         self.lock().sorted_users(None)
     }
 
+    /// How many users it holds (cheap, unlike [`Emulator::users`]).
+    pub fn user_count(&self) -> usize {
+        self.lock().users.len()
+    }
+
+    /// API calls received since it started, however many [`Emulator::requests`] keeps.
+    pub fn request_count(&self) -> u64 {
+        self.lock().requests_received
+    }
+
     /// The password (`userData`) last delivered for a user.
     pub fn user_data(&self, user_id: &str) -> Option<String> {
         self.lock()
@@ -277,6 +287,7 @@ impl Emulator {
         let mut state = self.lock();
         request.session_valid =
             valid.unwrap_or_else(|| session_id.is_some_and(|id| state.session_live(id)));
+        state.requests_received += 1;
         if state.requests.len() >= MAX_RECORDED_REQUESTS {
             state.requests.pop_front();
         }

@@ -50,6 +50,8 @@ pub(crate) struct EmulatorState {
     pub(crate) logins: u64,
     pub(crate) terminations: HashMap<String, u64>,
     pub(crate) requests: VecDeque<RecordedRequest>,
+    /// API calls received since start (`requests` keeps only the last ones).
+    pub(crate) requests_received: u64,
     /// API calls that reached the rate limiter since the faults were last set.
     pub(crate) rate_limit_calls: u64,
 }
@@ -211,6 +213,7 @@ impl EmulatorState {
             logins: 0,
             terminations: HashMap::new(),
             requests: VecDeque::new(),
+            requests_received: 0,
             rate_limit_calls: 0,
         }
     }

@@ -1105,3 +1105,22 @@ async fn refuse_outage_drops_tcp_connections_until_cleared() {
     assert_eq!(restored.status(), 200);
     assert_eq!(emulator.login_count(), 2);
 }
+
+#[tokio::test]
+async fn counts_users_and_every_call_received() {
+    let emulator = Emulator::new(EmulatorOptions::default());
+    let router = emulator.router();
+    assert_eq!((emulator.user_count(), emulator.request_count()), (0, 0));
+    let session = login(&router, "admin").await;
+    create(&router, &session, alice()).await;
+    let refused = create(&router, &session, alice()).await;
+    assert_eq!(refused.status.as_u16(), 512, "{}", refused.text);
+    // Admin endpoints are not API calls.
+    call(&router, Method::GET, "/emulator/state", None, None).await;
+    assert_eq!((emulator.user_count(), emulator.request_count()), (1, 3));
+    // Clearing the recorded calls does not forget how many arrived.
+    emulator.clear_requests();
+    assert_eq!(emulator.request_count(), 3);
+    assert!(emulator.remove_user("alice"));
+    assert_eq!(emulator.user_count(), 0);
+}

@@ -39,8 +39,8 @@ use uuid::fmt::Hyphenated;
 use super::{now, now_plus};
 use crate::ameyo::mapping::GroupKey;
 use crate::store::outbox::{
-    Attempt, AttemptRecord, Claimed, Completion, Link, LinkedUser, Outbox, OutboxRecord, SyncCount,
-    SyncEntry, UserIdClaim, Which,
+    Attempt, AttemptRecord, Claimed, Completing, Completion, Link, LinkedUser, Outbox,
+    OutboxRecord, SyncCount, SyncEntry, UserIdClaim, Which,
 };
 use crate::store::{Result, StoreError};
 
@@ -759,6 +759,93 @@ FROM sync_attempts WHERE user_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2";
 /// Begins a transaction that holds the write lock from its first statement.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
+/// One completion inside the caller's write transaction: [`Outbox::complete`].
+async fn complete_in(
+    tx: &mut SqliteConnection,
+    c: &Claimed,
+    owner: &str,
+    server: &str,
+    completion: &Completion<'_>,
+    attempts: &[Attempt],
+) -> Result<bool> {
+    let user = c.user_id.hyphenated();
+    let token = c.lease_token.hyphenated();
+    // The calls were made whoever holds the row now: the log keeps them either way.
+    for a in attempts {
+        sqlx::query(LOG_ATTEMPT_SQL)
+            .bind(&c.tenant_id)
+            .bind(user)
+            .bind(c.version)
+            .bind(owner)
+            .bind(a.call)
+            .bind(if a.ok { "ok" } else { "error" })
+            .bind(a.http_status.map(i32::from))
+            .bind(a.duration_ms)
+            .bind(a.error.as_deref())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let with_link = |sql: &'static str, link: &Link| {
+        sqlx::query(sql)
+            .bind(user)
+            .bind(token)
+            .bind(c.version)
+            .bind(server)
+            .bind(link.ameyo_user_id.clone())
+            .bind(link.cc_user_id)
+            .bind(link.create_attempted)
+            .bind(link.locked)
+            .bind(link.last_pushed.clone())
+            .bind(link.intended_user_id.clone())
+            .bind(owner_key(
+                link.ameyo_user_id.as_deref(),
+                link.intended_user_id.as_deref(),
+            ))
+    };
+    let done = match completion {
+        Completion::Removed => {
+            sqlx::query(REMOVED_SQL)
+                .bind(user)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?
+        }
+        Completion::Synced {
+            link,
+            password_delivered,
+        } => {
+            with_link(SYNCED_SQL, link)
+                .bind(*password_delivered)
+                .execute(&mut *tx)
+                .await?
+        }
+        Completion::Retry {
+            link,
+            delay,
+            reason,
+            full_push,
+        } => {
+            with_link(RETRY_SQL, link)
+                .bind(false)
+                .bind(delay.as_secs_f64())
+                .bind(reason.as_str())
+                .bind(*full_push)
+                .execute(&mut *tx)
+                .await?
+        }
+        Completion::Dead { link, reason } => {
+            with_link(RETRY_SQL, link)
+                .bind(true)
+                .bind(0.0f64)
+                .bind(reason.as_str())
+                .bind(false)
+                .execute(&mut *tx)
+                .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
 #[async_trait]
 impl Outbox for SqliteOutbox {
     async fn heartbeat(&self, owner: &str) -> Result<()> {
@@ -900,85 +987,58 @@ impl Outbox for SqliteOutbox {
         completion: &Completion<'_>,
         attempts: &[Attempt],
     ) -> Result<bool> {
-        let user = c.user_id.hyphenated();
-        let token = c.lease_token.hyphenated();
         let _turn = self.write.clone().lock_owned().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        // The calls were made whoever holds the row now: the log keeps them either way.
-        for a in attempts {
-            sqlx::query(LOG_ATTEMPT_SQL)
-                .bind(&c.tenant_id)
-                .bind(user)
-                .bind(c.version)
-                .bind(owner)
-                .bind(a.call)
-                .bind(if a.ok { "ok" } else { "error" })
-                .bind(a.http_status.map(i32::from))
-                .bind(a.duration_ms)
-                .bind(a.error.as_deref())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let with_link = |sql: &'static str, link: &Link| {
-            sqlx::query(sql)
-                .bind(user)
-                .bind(token)
-                .bind(c.version)
-                .bind(server)
-                .bind(link.ameyo_user_id.clone())
-                .bind(link.cc_user_id)
-                .bind(link.create_attempted)
-                .bind(link.locked)
-                .bind(link.last_pushed.clone())
-                .bind(link.intended_user_id.clone())
-                .bind(owner_key(
-                    link.ameyo_user_id.as_deref(),
-                    link.intended_user_id.as_deref(),
-                ))
-        };
-        let done = match completion {
-            Completion::Removed => {
-                sqlx::query(REMOVED_SQL)
-                    .bind(user)
-                    .bind(token)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            Completion::Synced {
-                link,
-                password_delivered,
-            } => {
-                with_link(SYNCED_SQL, link)
-                    .bind(*password_delivered)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            Completion::Retry {
-                link,
-                delay,
-                reason,
-                full_push,
-            } => {
-                with_link(RETRY_SQL, link)
-                    .bind(false)
-                    .bind(delay.as_secs_f64())
-                    .bind(reason.as_str())
-                    .bind(*full_push)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            Completion::Dead { link, reason } => {
-                with_link(RETRY_SQL, link)
-                    .bind(true)
-                    .bind(0.0f64)
-                    .bind(reason.as_str())
-                    .bind(false)
-                    .execute(&mut *tx)
-                    .await?
-            }
-        };
+        let done = complete_in(&mut tx, c, owner, server, completion, attempts).await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done)
+    }
+
+    /// One write transaction for the whole batch; if a row cannot be written (a
+    /// userId another row took meanwhile), each is recorded in its own.
+    async fn complete_many(&self, owner: &str, items: &[Completing<'_>]) -> Vec<Result<bool>> {
+        if items.len() > 1 {
+            let batch = async {
+                let _turn = self.write.clone().lock_owned().await;
+                let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+                let mut done = Vec::with_capacity(items.len());
+                for i in items {
+                    match complete_in(
+                        &mut tx,
+                        i.claimed,
+                        owner,
+                        i.server,
+                        &i.completion,
+                        i.attempts,
+                    )
+                    .await
+                    {
+                        Ok(d) => done.push(d),
+                        Err(e) => {
+                            // Now, while this writer still holds the write lock.
+                            tx.rollback().await?;
+                            return Err(e);
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(done)
+            };
+            match batch.await {
+                Ok(done) => return done.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, rows = items.len(), "batched completion failed; recording one by one")
+                }
+            }
+        }
+        let mut done = Vec::with_capacity(items.len());
+        for i in items {
+            done.push(
+                self.complete(i.claimed, owner, i.server, &i.completion, i.attempts)
+                    .await,
+            );
+        }
+        done
     }
 
     async fn adopt_server(&self, tenant: &str, server: &str) -> Result<u64> {
