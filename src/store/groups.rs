@@ -529,6 +529,11 @@ async fn apply_members(
     if touched.is_empty() {
         return Ok(changed);
     }
+    if watched {
+        // Their outbox rows too, in user order: the workers record a batch of outcomes
+        // locking rows in that order, so neither can wait for the other in a cycle.
+        super::outbox::lock_rows(&mut *tx, &touched).await?;
+    }
     let (_touched, pending): (i64, i64) = sqlx::query_as(TOUCH_USERS_SQL)
         .bind(&touched)
         .bind(watched)

@@ -474,6 +474,22 @@ pub trait Outbox: Send + Sync + 'static {
     async fn recent_attempts(&self, user: Uuid, limit: i64) -> Result<Vec<Value>>;
 }
 
+/// Lock the outbox rows of `users` in user order, inside a write that is about to mark
+/// many of them pending: batched completions lock rows in the same order, so the two
+/// never wait for each other in a cycle.
+pub(crate) async fn lock_rows<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    users: &[Uuid],
+) -> Result<()> {
+    sqlx::query(
+        "SELECT 1 FROM sync_state WHERE user_id = ANY($1) ORDER BY user_id FOR NO KEY UPDATE",
+    )
+    .bind(users)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// Re-arm a dead-lettered user inside a SCIM write that changed nothing: an IdP's "push
 /// again" must work. Returns whether a row was re-armed.
 pub(crate) async fn rearm_if_dead<'e, E: sqlx::PgExecutor<'e>>(
