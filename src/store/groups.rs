@@ -548,6 +548,36 @@ async fn apply_members(
     Ok(changed)
 }
 
+/// The group `id` of `tenant`, its row locked for this transaction (which orders
+/// concurrent changes of one group), if it exists and `if_match` allows.
+async fn lock_group(
+    tx: &mut sqlx::PgConnection,
+    tenant: &str,
+    id: Uuid,
+    if_match: Option<&IfMatch>,
+) -> Result<StoredGroup> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM groups g WHERE g.tenant_id = $1 AND g.id = $2 FOR UPDATE"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let current = row
+        .as_ref()
+        .map(row_to_group)
+        .transpose()?
+        .ok_or(StoreError::GroupNotFound)?;
+    if let Some(m) = if_match
+        && !m.matches(current.version)
+    {
+        return Err(StoreError::PreconditionFailed);
+    }
+    Ok(current)
+}
+
 #[async_trait]
 impl GroupStore for PgGroupStore {
     async fn create_group(
@@ -656,26 +686,7 @@ impl GroupStore for PgGroupStore {
         members: Option<usize>,
     ) -> Result<StoredGroup> {
         let mut tx = self.pool.begin().await?;
-        // The group's row lock orders concurrent changes of one group.
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            group_columns!(),
-            " FROM groups g WHERE g.tenant_id = $1 AND g.id = $2 FOR UPDATE"
-        ))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = row
-            .as_ref()
-            .map(row_to_group)
-            .transpose()?
-            .ok_or(StoreError::GroupNotFound)?;
-        if let Some(m) = if_match
-            && !m.matches(current.version)
-        {
-            return Err(StoreError::PreconditionFailed);
-        }
+        let current = lock_group(&mut tx, tenant, id, if_match).await?;
         let name = change
             .display_name
             .clone()
@@ -744,25 +755,7 @@ impl GroupStore for PgGroupStore {
         watched: &Watched<'_>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            group_columns!(),
-            " FROM groups g WHERE g.tenant_id = $1 AND g.id = $2 FOR UPDATE"
-        ))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = row
-            .as_ref()
-            .map(row_to_group)
-            .transpose()?
-            .ok_or(StoreError::GroupNotFound)?;
-        if let Some(m) = if_match
-            && !m.matches(current.version)
-        {
-            return Err(StoreError::PreconditionFailed);
-        }
+        let current = lock_group(&mut tx, tenant, id, if_match).await?;
         let watch = watched(&current.display_name, current.external_id.as_deref());
         apply_members(&mut tx, tenant, id, &Members::Keep, true, watch).await?;
         sqlx::query("DELETE FROM groups WHERE tenant_id = $1 AND id = $2")
