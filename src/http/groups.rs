@@ -251,22 +251,17 @@ pub async fn replace(
     let change = GroupChange::from(group::parse_group(body)?);
     // A PUT sent the whole member list: the answer carries it back.
     let members = projection.members(true).then_some(usize::MAX);
-    let g = write(
+    write(
         &state,
         &tenant,
         &headers,
         &id,
         change,
         members,
+        &projection,
         "group replaced",
     )
-    .await?;
-    Ok(group_response(
-        StatusCode::OK,
-        &g,
-        &state.base_url(&headers),
-        &projection,
-    ))
+    .await
 }
 
 pub async fn patch(
@@ -293,26 +288,23 @@ pub async fn patch(
     } else {
         None
     };
-    let g = write(
+    write(
         &state,
         &tenant,
         &headers,
         &id,
         change,
         members,
+        &projection,
         "group patched",
     )
-    .await?;
-    Ok(group_response(
-        StatusCode::OK,
-        &g,
-        &state.base_url(&headers),
-        &projection,
-    ))
+    .await
 }
 
 /// PUT and PATCH: apply `change` atomically, honouring If-Match; `members`: read the
-/// member list for the answer unless the group has more than that many.
+/// member list for the answer unless the group has more than that many; answer 200
+/// with the group as `projection` shapes it.
+#[allow(clippy::too_many_arguments)]
 async fn write(
     state: &AppState,
     tenant: &TenantExt,
@@ -320,8 +312,9 @@ async fn write(
     id: &str,
     change: GroupChange,
     members: Option<usize>,
+    projection: &GroupProjection,
     what: &'static str,
-) -> ApiResult<StoredGroup> {
+) -> ApiResult<Response> {
     let id = group_id(id)?;
     let watched = state.watched(tenant.id());
     let g = state
@@ -336,7 +329,12 @@ async fn write(
         )
         .await?;
     tracing::info!(tenant = tenant.id(), group_id = %id, version = g.version, "{what}");
-    Ok(g)
+    Ok(group_response(
+        StatusCode::OK,
+        &g,
+        &state.base_url(headers),
+        projection,
+    ))
 }
 
 pub async fn delete(

@@ -422,13 +422,15 @@ impl PgGroupStore {
             .bind(&ids)
             .fetch_all(executor)
             .await?;
+        let at: std::collections::HashMap<Uuid, usize> =
+            groups.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
         for g in groups.iter_mut() {
             g.members = Some(Vec::new());
         }
         for row in rows {
             let gid: Uuid = row.try_get("group_id")?;
-            if let Some(g) = groups.iter_mut().find(|g| g.id == gid) {
-                g.members.get_or_insert_with(Vec::new).push(Member {
+            if let Some(members) = at.get(&gid).and_then(|&i| groups[i].members.as_mut()) {
+                members.push(Member {
                     id: row.try_get("id")?,
                     display: row.try_get("display")?,
                 });

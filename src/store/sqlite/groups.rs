@@ -290,13 +290,15 @@ async fn with_members(conn: &mut SqliteConnection, groups: &mut [StoredGroup]) -
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
+    let at: std::collections::HashMap<Uuid, usize> =
+        groups.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
     for g in groups.iter_mut() {
         g.members = Some(Vec::new());
     }
     for (gid, uid, display) in rows {
         let gid = parse_id(&gid)?;
-        if let Some(g) = groups.iter_mut().find(|g| g.id == gid) {
-            g.members.get_or_insert_with(Vec::new).push(Member {
+        if let Some(members) = at.get(&gid).and_then(|&i| groups[i].members.as_mut()) {
+            members.push(Member {
                 id: parse_id(&uid)?,
                 display,
             });
