@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `check-config`, `hash-token`.
+//! The command line: `serve`, `migrate`, `check-config`, `hash-token`, the admin
+//! commands, `emulator` and `bench`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -93,6 +94,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the service: every scenario beside a baseline measured in the same run
+    /// (pgbench, the store without HTTP, the emulator alone), on a scratch database or
+    /// file that it removes at the end. See docs/performance.md.
+    Bench(crate::bench::BenchArgs),
     /// Run an in-memory Ameyo emulator (for tests, benchmarks and trying it out).
     Emulator {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -232,6 +237,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Bench(args) => runtime()?.block_on(crate::bench::main(args)),
         Command::MigrateStore { from, to, json } => runtime()?.block_on(async move {
             let copied = crate::migrate_store::run(&from, &to, json).await?;
             if json {

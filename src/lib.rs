@@ -14,10 +14,12 @@
 //!
 //! `tenants` builds each tenant's runtime objects once (JWT verifier, mapping, Ameyo
 //! client); `config` is a leaf of settings types. The Ameyo emulator behind the
-//! `emulator` subcommand is the `ameyo_emulator` crate.
+//! `emulator` subcommand is the `ameyo_emulator` crate; `bench` measures the service
+//! (the `bench` subcommand).
 
 pub mod admin;
 pub mod ameyo;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dev;

@@ -138,7 +138,8 @@ macro_rules! user_columns {
 
 use super::outbox::{insert_pending, mark_pending};
 
-const CREATE_SQL: &str = concat!(
+/// The one statement a SCIM create commits (the benchmark runs it in `pgbench` too).
+pub const CREATE_SQL: &str = concat!(
     "WITH u AS (
         INSERT INTO users (id, tenant_id, user_name, external_id, active, resource,
                            version, created, last_modified)
@@ -623,4 +624,14 @@ impl UserStore for PgStore {
                 .map_err(|e| format!("the database does not answer: {e}"))?;
         super::all_applied(&MIGRATOR, &applied)
     }
+}
+
+/// The statements a filtered list runs (its page, then its count), as the database
+/// receives them, `$1` the tenant and the filter's values after it: for the
+/// benchmark's `pgbench` baseline.
+pub fn list_statements(tenant: &str, q: &ListQuery) -> Result<Vec<String>> {
+    Ok(vec![
+        page_query("", tenant, q)?.sql().as_str().to_string(),
+        count_query(tenant, q)?.sql().as_str().to_string(),
+    ])
 }

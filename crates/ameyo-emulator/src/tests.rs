@@ -730,6 +730,13 @@ async fn outage_unavailable_answers_503_html_with_retry_after() {
     assert_eq!(state.json()["faults"]["outage"], "unavailable");
     emulator.set_faults(Faults::default());
     login(&router, "admin").await;
+    // The counts: the failed login and the one that worked, one user-less login.
+    let counts = call(&router, Method::GET, "/emulator/counts", None, None).await;
+    assert_eq!(counts.status, StatusCode::OK);
+    assert_eq!(
+        counts.json(),
+        json!({"users": 0, "logins": emulator.login_count(), "requests": 2})
+    );
 }
 
 #[tokio::test]
