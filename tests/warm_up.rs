@@ -88,7 +88,11 @@ async fn a_pool_for_other_work_is_not_warmed() {
         unreachable!()
     };
     let mut conn = pool.acquire().await.unwrap();
-    assert_eq!(prepared(&mut conn).await, Vec::<String>::new());
+    let statements = prepared(&mut conn).await;
+    assert!(
+        !statements.iter().any(|s| s.contains("FROM user_counts")),
+        "{statements:#?}"
+    );
 }
 
 fn query(filter: &str, start_index: u64, count: u64) -> ListQuery {
