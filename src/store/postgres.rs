@@ -22,6 +22,8 @@ use crate::scim::resource::{StoredUser, UserGroup, UserInput};
 
 /// The unique index behind SCIM's `uniqueness` error for userName.
 const USER_NAME_KEY: &str = "users_tenant_user_name_key";
+/// How long a warm-up waits for each connection it opens.
+const WARM_UP_WAIT: Duration = Duration::from_secs(2);
 /// Optimistic update attempts before falling back to the row lock.
 const OPTIMISTIC_TRIES: usize = 3;
 
@@ -428,25 +430,29 @@ impl PgStore {
         })
     }
 
-    /// Open the connections a warm-up keeps: until the pool has
-    /// [`super::warm_connections`] open (those the workers hold count), acquire the
-    /// missing ones at once and hold them, so the pool opens new ones instead of handing
-    /// one back twice. A serving pool ([`connect_serving`]) warms each as it opens it.
-    /// Returns the connections open.
+    /// Open the connections a warm-up keeps: acquire the ones the pool is missing of
+    /// [`super::warm_connections`] all at once, holding each so the pool opens new ones
+    /// instead of handing one back twice; a serving pool ([`connect_serving`]) warms
+    /// each as it opens it. An acquisition still waiting after [`WARM_UP_WAIT`] gives
+    /// up: the workers hold the rest of the pool (open and warm too), and holding on
+    /// would keep them waiting. Returns the connections open.
     async fn warm_connections(&self) -> Result<usize> {
         let n = super::warm_connections(self.pool.options().get_max_connections());
-        let mut held = Vec::new();
-        // Each round holds at least one more connection, and held ones stay open, so
-        // this ends by the time every connection of the pool is held.
-        while self.pool.size() < n {
-            let mut opening = tokio::task::JoinSet::new();
-            for _ in self.pool.size()..n {
-                let pool = self.pool.clone();
-                opening.spawn(async move { pool.acquire().await });
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in self.pool.size()..n {
+            let pool = self.pool.clone();
+            opening.spawn(async move { tokio::time::timeout(WARM_UP_WAIT, pool.acquire()).await });
+        }
+        let (mut held, mut waited) = (Vec::new(), false);
+        while let Some(conn) = opening.join_next().await {
+            match conn.expect("acquiring a connection does not panic") {
+                Ok(conn) => held.push(conn?),
+                Err(_) => waited = true,
             }
-            while let Some(conn) = opening.join_next().await {
-                held.push(conn.expect("acquiring a connection does not panic")?);
-            }
+        }
+        if waited && held.is_empty() {
+            // Not one connection: the database is not answering yet.
+            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
         Ok(self.pool.size() as usize)
     }
