@@ -23,7 +23,7 @@ use crate::scim::resource::{StoredUser, UserGroup, UserInput};
 /// The unique index behind SCIM's `uniqueness` error for userName.
 const USER_NAME_KEY: &str = "users_tenant_user_name_key";
 /// How long a warm-up waits for each connection it opens.
-const WARM_UP_WAIT: Duration = Duration::from_secs(2);
+const WARM_UP_WAIT: Duration = Duration::from_secs(1);
 /// Optimistic update attempts before falling back to the row lock.
 const OPTIMISTIC_TRIES: usize = 3;
 
