@@ -14,7 +14,7 @@ use super::groups::{GroupStore, PgGroupStore};
 use super::lock::StoreLock;
 use super::outbox::{Outbox, PgOutbox};
 use super::password::PasswordCipher;
-use super::postgres::{PgStore, connect_lazy_keeping};
+use super::postgres::{PgStore, connect_lazy, connect_serving, migrate_url};
 use super::session::PgSessionStore;
 use super::sqlite::SqliteStore;
 use super::sqlite::groups::SqliteGroupStore;
@@ -77,13 +77,15 @@ impl Backend {
                         tracing::info!(database = %shown, "created the database");
                     }
                 }
-                // A serving process keeps its (warmed) connections open.
-                let keep = match access {
-                    Access::Serve => super::warm_connections(db.max_connections),
-                    _ => 0,
-                };
-                let pool = connect_lazy_keeping(&db, keep).context("invalid database.url")?;
-                let store = PgStore::new(pool.clone(), cipher.clone());
+                // A serving process warms each connection it opens, and keeps them.
+                let pool = match access {
+                    Access::Serve => {
+                        let tenant = settings.tenants.first().map(|t| t.id.as_str());
+                        connect_serving(&db, tenant.unwrap_or_default())
+                    }
+                    _ => connect_lazy(&db),
+                }
+                .context("invalid database.url")?;
                 match access {
                     Access::Admin => {
                         sqlx::query("SELECT 1")
@@ -91,9 +93,10 @@ impl Backend {
                             .await
                             .with_context(|| format!("cannot reach the database {shown}"))?;
                     }
+                    // Before the pool opens a connection: its connections are warmed on
+                    // the migrated schema.
                     Access::Serve | Access::Migrate => {
-                        store
-                            .migrate()
+                        migrate_url(&db)
                             .await
                             .with_context(|| format!("cannot apply migrations to {shown}"))?;
                     }

@@ -22,8 +22,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::scim::ScimError;
-use crate::scim::filter::{AttrPath, Filter};
+use crate::scim::filter::{AttrPath, CompValue, CompareOp, Filter};
 use crate::scim::resource::{StoredUser, UserInput};
+use crate::scim::schema::Container;
 
 pub use postgres::PgStore;
 
@@ -206,8 +207,8 @@ pub trait UserStore: Send + Sync + 'static {
     async fn find(&self, tenant: Option<&str>, key: &str) -> Result<Vec<(String, Uuid)>>;
     /// A user even if it is a tombstone on its way out, and whether it is one.
     async fn read_any(&self, tenant: &str, id: Uuid) -> Result<Option<(StoredUser, bool)>>;
-    /// In the background: open some of the pool's connections ([`warm_connections`])
-    /// and run each hot statement (the
+    /// In the background: open the connections the pool keeps (on PostgreSQL
+    /// [`warm_connections`]) and run each hot statement (the
     /// userName, externalId, e-mail and id lookups, the unfiltered page and its count)
     /// once on each, so the first requests after start do not pay for cold connections
     /// and statements. [`UserStore::ready`] answers "warming up" from this call until
@@ -268,11 +269,45 @@ impl Warming {
     }
 }
 
-/// How many of a pool's `max` connections a warm-up opens and the pool keeps open: half,
-/// up to 8, so the rest of the pool (and the database's connection limit, shared by the
-/// replicas) stays free for requests and delivery while it runs.
+/// How many of a PostgreSQL pool's `max` connections a warm-up opens and the pool keeps
+/// open: all of them, up to 32. A lookup takes one connection, and the pool is sized
+/// for the requests and deliveries it serves at once, so none of them waits for a
+/// connection to open and warm up; beyond 32, the pool opens (and warms) the rest as
+/// the load needs them.
 pub fn warm_connections(max: u32) -> u32 {
-    (max / 2).clamp(1, 8)
+    max.clamp(1, 32)
+}
+
+/// The query that reads every match of `q` at once, when its filter can match at most
+/// one user: `userName eq` (unique in a tenant, compared case-insensitively) or `id eq`.
+/// Its first page of up to two users then holds all the matches, so the total needs no
+/// count of its own.
+pub(crate) fn single_match_probe(q: &ListQuery) -> Option<ListQuery> {
+    let Some(Filter::Compare(path, CompareOp::Eq, CompValue::Str(_))) = &q.filter else {
+        return None;
+    };
+    let unique = path.attr.container == Container::Core
+        && path.sub.is_none()
+        && matches!(path.attr.attr.name, "userName" | "id");
+    unique.then(|| ListQuery {
+        start_index: 1,
+        count: 2,
+        ..q.clone()
+    })
+}
+
+/// The page `q` asks for, from the users its [`single_match_probe`] read; `None` if that
+/// found more than one (then only a count tells the total).
+pub(crate) fn page_of_probe(q: &ListQuery, matches: Vec<StoredUser>) -> Option<Page> {
+    if matches.len() > 1 {
+        return None;
+    }
+    let skip = usize::try_from(q.start_index.saturating_sub(1)).unwrap_or(usize::MAX);
+    let take = usize::try_from(q.count).unwrap_or(usize::MAX);
+    Some(Page {
+        total: matches.len() as u64,
+        users: matches.into_iter().skip(skip).take(take).collect(),
+    })
 }
 
 /// The list requests a warm-up runs once on each connection: the lookups IdPs send.
@@ -380,6 +415,38 @@ mod tests {
                 matches!(StoreError::from(e), StoreError::Database(_)),
                 "{shown}"
             );
+        }
+    }
+
+    #[test]
+    fn only_lookups_by_a_unique_key_skip_the_count() {
+        let q = |filter: &str| ListQuery {
+            filter: Some(crate::scim::filter::parse(filter).unwrap()),
+            sort_by: None,
+            descending: false,
+            start_index: 7,
+            count: 0,
+        };
+        for unique in [
+            r#"userName eq "a@example.com""#,
+            r#"USERNAME eq "a@example.com""#,
+            r#"id eq "00000000-0000-0000-0000-000000000001""#,
+        ] {
+            let probe = single_match_probe(&q(unique)).expect(unique);
+            assert_eq!((probe.start_index, probe.count), (1, 2), "{unique}");
+        }
+        for counted in [
+            r#"userName ne "a@example.com""#,
+            r#"userName sw "a""#,
+            r#"userName eq "a" or userName eq "b""#,
+            r#"userName eq "a" and active eq true"#,
+            r#"not (userName eq "a")"#,
+            r#"externalId eq "a""#,
+            r#"emails.value eq "a@example.com""#,
+            r#"name.familyName eq "a""#,
+            r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber eq "1""#,
+        ] {
+            assert!(single_match_probe(&q(counted)).is_none(), "{counted}");
         }
     }
 

@@ -22,6 +22,8 @@ use crate::scim::resource::{StoredUser, UserGroup, UserInput};
 
 /// The unique index behind SCIM's `uniqueness` error for userName.
 const USER_NAME_KEY: &str = "users_tenant_user_name_key";
+/// How long a warm-up waits for each connection it opens.
+const WARM_UP_WAIT: Duration = Duration::from_secs(1);
 /// Optimistic update attempts before falling back to the row lock.
 const OPTIMISTIC_TRIES: usize = 3;
 
@@ -39,18 +41,110 @@ pub struct PgStore {
 /// A pool for the configured database. It connects lazily, so the service starts (and
 /// reports not ready) while the database is still coming up.
 pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    connect_lazy_keeping(settings, 0)
+    Ok(pool_options(settings).connect_lazy_with(connect_options(settings)?))
 }
 
-/// [`connect_lazy`], keeping at least `min` connections open once opened (a serving
-/// process keeps its warmed connections instead of closing them when idle).
-pub fn connect_lazy_keeping(settings: &DatabaseSettings, min: u32) -> Result<PgPool, sqlx::Error> {
+/// The pool of a serving process: [`connect_lazy`], where every connection runs the hot
+/// statements once as soon as it is opened ([`warm_connection`], on `tenant`), so a
+/// connection the pool opens later (as it grows, or in place of one past its lifetime)
+/// is as warm as those of the warm-up at start; and the pool keeps
+/// [`super::warm_connections`] of them open instead of closing them when idle.
+pub fn connect_serving(settings: &DatabaseSettings, tenant: &str) -> Result<PgPool, sqlx::Error> {
+    let tenant: Arc<str> = tenant.into();
+    Ok(pool_options(settings)
+        .min_connections(super::warm_connections(settings.max_connections))
+        .after_connect(move |conn, _| {
+            let tenant = tenant.clone();
+            Box::pin(async move {
+                match warm_connection(conn, &tenant).await {
+                    Ok(()) => Ok(()),
+                    // The connection is broken: the pool opens another.
+                    Err(StoreError::Unavailable(e)) => Err(e),
+                    // A statement failed (the schema is not migrated yet, say): the
+                    // connection still works, only colder.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "warm-up of a new connection failed");
+                        Ok(())
+                    }
+                }
+            })
+        })
+        .connect_lazy_with(connect_options(settings)?))
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
     let options: PgConnectOptions = settings.url.expose_secret().parse()?;
-    Ok(PgPoolOptions::new()
+    Ok(options.application_name("ameyo-scim"))
+}
+
+fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .min_connections(min.min(settings.max_connections))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-        .connect_lazy_with(options.application_name("ameyo-scim")))
+}
+
+/// Apply pending migrations on a connection of their own, outside the serving pool (so
+/// that pool opens its connections on the migrated schema, and warms them there). It
+/// waits for the database as a pool does, up to `acquire_timeout_secs`.
+pub async fn migrate_url(settings: &DatabaseSettings) -> Result<(), sqlx::migrate::MigrateError> {
+    let pool = pool_options(settings)
+        .max_connections(1)
+        .connect_lazy_with(connect_options(settings)?);
+    let migrated = MIGRATOR.run(&pool).await;
+    pool.close().await;
+    migrated
+}
+
+/// Run each hot statement once on `conn`: the lookups of [`super::warm_up_queries`]
+/// (their page and their count), a user by id, the unfiltered page and its counters.
+/// A new connection's first statements load the catalog and plan from scratch; after
+/// this, requests find them cached.
+pub async fn warm_connection(conn: &mut sqlx::PgConnection, tenant: &str) -> Result<()> {
+    let unfiltered = |start_index| ListQuery {
+        filter: None,
+        sort_by: None,
+        descending: false,
+        start_index,
+        count: 1,
+    };
+    for q in super::warm_up_queries() {
+        count_query(tenant, &q)?
+            .build_query_scalar::<i64>()
+            .persistent(false)
+            .fetch_one(&mut *conn)
+            .await?;
+        page_query("", tenant, &q)?
+            .build()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    sqlx::query(GET_SQL)
+        .bind(tenant)
+        .bind(Uuid::nil())
+        .fetch_optional(&mut *conn)
+        .await?;
+    sqlx::query_scalar::<_, Option<DateTime<Utc>>>(HORIZON_SQL)
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query_as::<_, (i64, i64)>(COUNTS_SQL)
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+    for start in [1, 2] {
+        page_query("", tenant, &unfiltered(start))?
+            .build()
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    sqlx::query(PAGE_AFTER_SQL)
+        .bind(tenant)
+        .bind(Utc::now())
+        .bind(Uuid::max())
+        .bind(1i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 impl PgStore {
@@ -337,63 +431,31 @@ impl PgStore {
         })
     }
 
-    /// Open the connections a warm-up keeps (holding each, so the pool cannot hand one
-    /// back twice) and run each hot statement once on it. Returns the connections.
-    async fn warm_connections(&self, tenants: &[String]) -> Result<usize> {
-        let tenant = tenants.first().map(String::as_str).unwrap_or("");
-        let n = crate::store::warm_connections(self.pool.options().get_max_connections());
-        let mut conns = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            conns.push(self.pool.acquire().await?);
+    /// Open the connections a warm-up keeps: acquire the ones the pool is missing of
+    /// [`super::warm_connections`] all at once, holding each so the pool opens new ones
+    /// instead of handing one back twice; a serving pool ([`connect_serving`]) warms
+    /// each as it opens it. An acquisition still waiting after [`WARM_UP_WAIT`] gives
+    /// up: the workers hold the rest of the pool (open and warm too), and holding on
+    /// would keep them waiting. Returns the connections open.
+    async fn warm_connections(&self) -> Result<usize> {
+        let n = super::warm_connections(self.pool.options().get_max_connections());
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in self.pool.size()..n {
+            let pool = self.pool.clone();
+            opening.spawn(async move { tokio::time::timeout(WARM_UP_WAIT, pool.acquire()).await });
         }
-        let unfiltered = |start_index| ListQuery {
-            filter: None,
-            sort_by: None,
-            descending: false,
-            start_index,
-            count: 1,
-        };
-        for conn in &mut conns {
-            let conn = &mut **conn;
-            for q in super::warm_up_queries() {
-                count_query(tenant, &q)?
-                    .build_query_scalar::<i64>()
-                    .persistent(false)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                page_query("", tenant, &q)?
-                    .build()
-                    .persistent(false)
-                    .fetch_all(&mut *conn)
-                    .await?;
+        let (mut held, mut waited) = (Vec::new(), false);
+        while let Some(conn) = opening.join_next().await {
+            match conn.expect("acquiring a connection does not panic") {
+                Ok(conn) => held.push(conn?),
+                Err(_) => waited = true,
             }
-            sqlx::query(GET_SQL)
-                .bind(tenant)
-                .bind(Uuid::nil())
-                .fetch_optional(&mut *conn)
-                .await?;
-            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(HORIZON_SQL)
-                .fetch_one(&mut *conn)
-                .await?;
-            sqlx::query_as::<_, (i64, i64)>(COUNTS_SQL)
-                .bind(tenant)
-                .fetch_one(&mut *conn)
-                .await?;
-            for start in [1, 2] {
-                page_query("", tenant, &unfiltered(start))?
-                    .build()
-                    .fetch_all(&mut *conn)
-                    .await?;
-            }
-            sqlx::query(PAGE_AFTER_SQL)
-                .bind(tenant)
-                .bind(Utc::now())
-                .bind(Uuid::max())
-                .bind(1i64)
-                .fetch_all(&mut *conn)
-                .await?;
         }
-        Ok(conns.len())
+        if waited && held.is_empty() {
+            // Not one connection: the database is not answering yet.
+            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        }
+        Ok(self.pool.size() as usize)
     }
 
     /// Whether the page at `start` of `tenant` would begin at a remembered key, as of
@@ -473,6 +535,18 @@ impl UserStore for PgStore {
     async fn list(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
         if q.filter.is_none() && q.sort_by.is_none() {
             return self.list_all(tenant, q).await;
+        }
+        // A lookup by a unique key: its matches tell the total, in one statement.
+        if let Some(probe) = super::single_match_probe(q) {
+            let rows = page_query("", tenant, &probe)?
+                .build()
+                .persistent(false)
+                .fetch_all(&self.pool)
+                .await?;
+            let users = rows.iter().map(row_to_user).collect::<Result<Vec<_>>>()?;
+            if let Some(page) = super::page_of_probe(q, users) {
+                return Ok(page);
+            }
         }
         // Filters differ per request and their values steer the plan (an e-mail
         // lookup must use its index), so these statements are planned each time with
@@ -607,11 +681,10 @@ impl UserStore for PgStore {
         }
     }
 
-    fn warm_up(self: Arc<Self>, tenants: Vec<String>) -> tokio::task::JoinHandle<()> {
-        let tenants = Arc::new(tenants);
+    fn warm_up(self: Arc<Self>, _tenants: Vec<String>) -> tokio::task::JoinHandle<()> {
         self.warming.clone().spawn(move || {
-            let (store, tenants) = (self.clone(), tenants.clone());
-            async move { store.warm_connections(&tenants).await }
+            let store = self.clone();
+            async move { store.warm_connections().await }
         })
     }
 

@@ -55,6 +55,12 @@ pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// How many of the pool's `max` connections a warm-up opens and the pool keeps open:
+/// half, up to 8 (an SQLite connection opens in well under a millisecond).
+pub fn warm_connections(max: u32) -> u32 {
+    (max / 2).clamp(1, 8)
+}
+
 /// A pool on the SQLite file at `url` (`sqlite://path`), created if missing.
 pub async fn connect(url: &str, max_connections: u32) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?
@@ -66,7 +72,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<SqlitePool, sqlx
     // The connections a warm-up opens stay open: each keeps its prepared statements.
     SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
-        .min_connections(crate::store::warm_connections(max_connections))
+        .min_connections(warm_connections(max_connections))
         .connect_with(options)
         .await
 }

@@ -306,7 +306,7 @@ impl SqliteStore {
     /// back twice) and run each hot statement once on it. Returns the connections.
     async fn warm_connections(&self, tenants: &[String]) -> Result<usize> {
         let tenant = tenants.first().map(String::as_str).unwrap_or("");
-        let n = crate::store::warm_connections(self.pool.options().get_max_connections());
+        let n = super::warm_connections(self.pool.options().get_max_connections());
         let mut conns = Vec::with_capacity(n as usize);
         for _ in 0..n {
             conns.push(self.pool.acquire().await.map_err(db_error)?);
@@ -424,6 +424,19 @@ impl UserStore for SqliteStore {
     async fn list(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
         if q.filter.is_none() && q.sort_by.is_none() {
             return self.list_all(tenant, q).await;
+        }
+        // A lookup by a unique key: its matches tell the total, in one statement.
+        if let Some(probe) = crate::store::single_match_probe(q) {
+            let rows: Vec<UserRow> = page_query("", tenant, &probe)?
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+            let users = rows.into_iter().map(row_to_user).collect::<Result<_>>()?;
+            if let Some(page) = crate::store::page_of_probe(q, users) {
+                return Ok(page);
+            }
         }
         let mut count = count_query("", tenant, q)?;
         let mut page = match q.count {
