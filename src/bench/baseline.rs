@@ -339,10 +339,15 @@ pub(super) async fn lookups(
             };
             let mut script = format!("\\set k random(1, {users})\n");
             for sql in crate::store::postgres::list_statements(TENANT, &q)? {
-                // The tenant, the userName, the page's LIMIT and OFFSET.
+                // The tenant, the userName, the page's LIMIT and OFFSET (a probe's
+                // LIMIT is 2: one match, or a sign that the count is needed).
+                let limit = match crate::store::single_match_probe(&q) {
+                    Some(probe) => probe.count.to_string(),
+                    None => q.count.to_string(),
+                };
                 let sql = substitute(
                     &sql,
-                    &[":tenant", "('USER' || :k || '@example.com')", "100", "0"],
+                    &[":tenant", "('USER' || :k || '@example.com')", &limit, "0"],
                 )?;
                 script.push_str(&sql);
                 script.push_str(";\n");

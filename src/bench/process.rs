@@ -326,6 +326,7 @@ pub(super) async fn measure(
     progress("starting serve...");
     let (service, ready_in) = Service::start(&config, &log, listen).await?;
     progress(format!("serve ready in {:.1}s", ready_in.as_secs_f64()));
+    let ready_rss = service.peak_rss_mib()?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
@@ -417,6 +418,7 @@ pub(super) async fn measure(
     );
     rows.push(lookups);
 
+    let mut rss_steps = vec![("ready", ready_rss), ("lookups", service.peak_rss_mib()?)];
     // Unfiltered pages of 100 (an IdP's import) at several depths.
     let pages = (n / 10).max(20);
     let page_url = |start: Box<dyn Fn(usize) -> usize + Send + Sync>| -> UrlOf {
@@ -480,6 +482,7 @@ pub(super) async fn measure(
         rows.push(stats);
     }
 
+    rss_steps.push(("pages", service.peak_rss_mib()?));
     // The initial sync: every user POSTed, until the emulator holds them all.
     let sync = args.sync_users as usize;
     let (held, _) = emulator.counts().await?;
@@ -522,6 +525,7 @@ pub(super) async fn measure(
     ));
     rows.push(posts);
 
+    rss_steps.push(("initial sync", service.peak_rss_mib()?));
     // Recovery: kill -9 while deliveries are in flight, start again, until every user
     // is in Ameyo, once.
     let batch = (sync / 4).clamp(100, 5000);
@@ -572,6 +576,14 @@ pub(super) async fn measure(
         restart_ready.as_secs_f64(),
     ));
     let restarted_rss = service.peak_rss_mib()?;
+    let steps: Vec<String> = rss_steps
+        .iter()
+        .map(|(step, mib)| format!("{mib:.0} MiB after {step}"))
+        .collect();
+    report.notes.push(format!(
+        "peak resident memory of serve: {}; {restarted_rss:.0} MiB for the restarted process",
+        steps.join(", ")
+    ));
     service.stop().await?;
     emulator.stop().await;
     report.outcomes.push(Outcome::new(
