@@ -142,3 +142,39 @@ async fn idp_lookups_use_their_indexes() {
         .unwrap();
     assert!(analyzed.contains("rows=1 "), "one row found:\n{analyzed}");
 }
+
+/// The adoption `serve` runs at every start looks only at the rows linked before
+/// ownership was recorded, through their partial index, not at every outbox row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_adoption_reads_only_unowned_rows() {
+    let db = TestDb::postgres().await;
+    let pool = db.pg_pool();
+    seed(&pool).await;
+    // Every user has an outbox row, delivered and owned, as after a normal start.
+    sqlx::query(
+        "INSERT INTO sync_state (user_id, tenant_id, desired_version, synced_version, state,
+                                 ameyo_user_id, ameyo_server)
+         SELECT id, tenant_id, 1, 1, 'done', 'agent' || user_name, 'http://ameyo'
+         FROM users",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE sync_state")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let explain = format!(
+        "EXPLAIN {}",
+        ameyo_scim::store::outbox::ADOPT_SERVER_SQL
+            .replace("$1", "'a'")
+            .replace("$2", "'http://ameyo'")
+    );
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("sync_state_unowned"), "{plan}");
+    assert!(!plan.contains("Seq Scan on sync_state"), "{plan}");
+}

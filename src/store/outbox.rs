@@ -683,7 +683,8 @@ SELECT count(*) FROM d"
 
 /// Rows linked before ownership was recorded get their server, one row per userId
 /// (the first linked keeps it; any other is left for an operator to look at).
-const ADOPT_SERVER_SQL: &str = "
+/// Public for the plan test: it must not read every outbox row of a tenant at start.
+pub const ADOPT_SERVER_SQL: &str = "
 WITH cand AS (
     SELECT DISTINCT ON (lower(coalesce(s.ameyo_user_id, s.intended_user_id))) s.user_id
     FROM sync_state s
