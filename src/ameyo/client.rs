@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock, Semaphore};
 
@@ -219,10 +221,11 @@ pub struct AmeyoClient {
     listings: std::sync::Mutex<ListingCache>,
 }
 
-/// Outcome of a call that may need a session.
+/// Outcome of a call that may need a session: its answer decoded as `T` (a JSON
+/// `Value` unless the call needs only some fields of a large answer).
 #[derive(Debug)]
-enum Attempt {
-    Done(Value),
+enum Attempt<T = Value> {
+    Done(T),
     SessionExpired,
 }
 
@@ -300,7 +303,7 @@ impl AmeyoClient {
         body: &Value,
         log: &mut Vec<CallRecord>,
     ) -> Result<Option<i64>, CallError> {
-        let answer = self
+        let answer: Value = self
             .call(
                 CREATE,
                 Method::POST,
@@ -320,7 +323,7 @@ impl AmeyoClient {
         log: &mut Vec<CallRecord>,
     ) -> Result<(), CallError> {
         let path = format!("cc/contactCenterUsers/{}", encode_segment(path_id));
-        self.call("update", Method::PUT, &path, Some(body), log)
+        self.call::<Value>("update", Method::PUT, &path, Some(body), log)
             .await?;
         Ok(())
     }
@@ -332,7 +335,7 @@ impl AmeyoClient {
         log: &mut Vec<CallRecord>,
     ) -> Result<(), CallError> {
         let path = format!("user/users/{}", encode_segment(user_id));
-        self.call("delete", Method::DELETE, &path, None, log)
+        self.call::<Value>("delete", Method::DELETE, &path, None, log)
             .await?;
         Ok(())
     }
@@ -344,7 +347,7 @@ impl AmeyoClient {
         log: &mut Vec<CallRecord>,
     ) -> Result<(), CallError> {
         let body = json!({"userId": user_id, "reason": "deactivated by identity provider"});
-        self.call(
+        self.call::<Value>(
             "end_sessions",
             Method::POST,
             "session/terminateAllSessionsForUser",
@@ -409,11 +412,11 @@ impl AmeyoClient {
         }
         let started = Utc::now();
         let sent = Instant::now();
-        match self.fetch_list(cc_id, log).await {
+        match self.fetch_summaries(cc_id, log).await {
             Ok(items) => {
                 let users = items
-                    .iter()
-                    .filter_map(summarise)
+                    .into_iter()
+                    .filter_map(ListEntry::summary)
                     .map(|u| (u.user_id.clone(), u))
                     .collect();
                 let listing = Arc::new(Listing { started, users });
@@ -425,6 +428,27 @@ impl AmeyoClient {
                 slot.failure = Some((Instant::now(), e.clone()));
                 Err(e)
             }
+        }
+    }
+
+    /// The list call, each user decoded into the few fields a lookup keeps: a
+    /// contact center of 100,000 agents is never held as a tree of JSON values.
+    async fn fetch_summaries(
+        &self,
+        cc_id: i64,
+        log: &mut Vec<CallRecord>,
+    ) -> Result<Vec<ListEntry>, CallError> {
+        let path = format!("cc/contactCenterUsers/getAllContactCenterUsers?ccId={cc_id}");
+        match self
+            .call::<Option<Vec<ListEntry>>>("list", Method::GET, &path, None, log)
+            .await
+        {
+            Ok(Some(items)) => Ok(items),
+            Ok(None) => Err(CallError::transient("the user list is not a JSON array")),
+            Err(CallError::Transient { reason, .. }) if reason == SUCCESS_NOT_JSON => {
+                Err(CallError::transient("the user list is not a JSON array"))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -442,14 +466,14 @@ impl AmeyoClient {
 
     /// A call with the shared session; on an expired session, one login (shared with
     /// every concurrent caller that saw the same expiry) and one retry.
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         name: &'static str,
         method: Method,
         path: &str,
         body: Option<&Value>,
         log: &mut Vec<CallRecord>,
-    ) -> Result<Value, CallError> {
+    ) -> Result<T, CallError> {
         let _permit = self
             .limiter
             .acquire()
@@ -599,7 +623,7 @@ impl AmeyoClient {
         if let Some(d) = domain {
             body["domain"] = d.as_str().into();
         }
-        let answer = match self
+        let answer: Value = match self
             .send("login", Method::POST, path, Some(&body), None, log)
             .await
         {
@@ -623,7 +647,7 @@ impl AmeyoClient {
     }
 
     /// One HTTP exchange, classified.
-    async fn send(
+    async fn send<T: DeserializeOwned>(
         &self,
         name: &'static str,
         method: Method,
@@ -631,7 +655,7 @@ impl AmeyoClient {
         body: Option<&Value>,
         session: Option<&SecretString>,
         log: &mut Vec<CallRecord>,
-    ) -> Result<Attempt, CallError> {
+    ) -> Result<Attempt<T>, CallError> {
         let url = self.api.join(path).map_err(|e| CallError::Permanent {
             reason: format!("bad Ameyo path: {e}"),
             status: None,
@@ -678,25 +702,75 @@ fn as_i64(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
 }
 
-/// A text field that Ameyo may also send as a number.
-fn as_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// A text or a number in a listed user (Ameyo sends some fields either way); anything
+/// else is skipped without being kept.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Number(serde_json::Number),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Scalar {
+    fn text(self) -> Option<String> {
+        match self {
+            Scalar::Text(s) => Some(s),
+            Scalar::Number(n) => Some(n.to_string()),
+            Scalar::Other(_) => None,
+        }
+    }
+
+    fn int(self) -> Option<i64> {
+        match self {
+            Scalar::Text(s) => s.trim().parse().ok(),
+            Scalar::Number(n) => n.as_i64(),
+            Scalar::Other(_) => None,
+        }
     }
 }
 
-/// The summary of one listed user; `None` for an entry without a string userId.
-fn summarise(raw: &Value) -> Option<ListedSummary> {
-    let text = |key: &str| raw.get(key).and_then(as_text);
-    Some(ListedSummary {
-        user_id: raw.get("userId")?.as_str()?.to_string(),
-        cc_user_id: raw.get("ccUserId").and_then(as_i64),
-        user_name: text("userName"),
-        mapping_user_id: text("mappingUserId"),
-        user_type: text("userType"),
-    })
+/// The fields of one listed user a lookup keeps; every other field is skipped as it is
+/// read. An entry that is not an object, or has no string userId, is skipped.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListEntry {
+    User {
+        #[serde(rename = "userId", default)]
+        user_id: Option<Scalar>,
+        #[serde(rename = "ccUserId", default)]
+        cc_user_id: Option<Scalar>,
+        #[serde(rename = "userName", default)]
+        user_name: Option<Scalar>,
+        #[serde(rename = "mappingUserId", default)]
+        mapping_user_id: Option<Scalar>,
+        #[serde(rename = "userType", default)]
+        user_type: Option<Scalar>,
+    },
+    Other(serde::de::IgnoredAny),
+}
+
+impl ListEntry {
+    /// Its summary; `None` without a string userId.
+    fn summary(self) -> Option<ListedSummary> {
+        let ListEntry::User {
+            user_id: Some(Scalar::Text(user_id)),
+            cc_user_id,
+            user_name,
+            mapping_user_id,
+            user_type,
+        } = self
+        else {
+            return None;
+        };
+        Some(ListedSummary {
+            user_id,
+            cc_user_id: cc_user_id.and_then(Scalar::int),
+            user_name: user_name.and_then(Scalar::text),
+            mapping_user_id: mapping_user_id.and_then(Scalar::text),
+            user_type: user_type.and_then(Scalar::text),
+        })
+    }
 }
 
 /// One path segment, percent-encoded except for the characters RFC 3986 allows there
@@ -851,7 +925,10 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, CallError> {
     }
 }
 
-async fn classify(call: &str, resp: reqwest::Response) -> Result<Attempt, CallError> {
+async fn classify<T: DeserializeOwned>(
+    call: &str,
+    resp: reqwest::Response,
+) -> Result<Attempt<T>, CallError> {
     let code = resp.status().as_u16();
     let after = retry_after(&resp);
     let body = read_body(resp).await?;
@@ -861,21 +938,27 @@ async fn classify(call: &str, resp: reqwest::Response) -> Result<Attempt, CallEr
 /// The meaning of an HTTP answer to `call`. Fails closed: an answer is absence
 /// (NotFound) or an expired session only when Ameyo says so with its exact reason key,
 /// so a proxy's or firewall's page is retried and visible rather than taken for either.
-fn classify_answer(
+const SUCCESS_NOT_JSON: &str = "Ameyo answered success with a body that is not JSON";
+
+fn classify_answer<T: DeserializeOwned>(
     call: &str,
     code: u16,
     body: &[u8],
     after: Option<Duration>,
-) -> Result<Attempt, CallError> {
+) -> Result<Attempt<T>, CallError> {
     let text = String::from_utf8_lossy(body);
     if (200..300).contains(&code) {
-        if text.trim().is_empty() {
-            return Ok(Attempt::Done(Value::Null));
-        }
-        return serde_json::from_str(&text)
+        // Decoded straight into `T`: a list of every user is never held as a tree of
+        // `Value`s, only as the fields the caller keeps.
+        let text: &str = if text.trim().is_empty() {
+            "null"
+        } else {
+            &text
+        };
+        return serde_json::from_str(text)
             .map(Attempt::Done)
             .map_err(|_| CallError::Transient {
-                reason: "Ameyo answered success with a body that is not JSON".into(),
+                reason: SUCCESS_NOT_JSON.into(),
                 retry_after: None,
                 status: Some(code),
                 maybe_applied: true,
@@ -1180,7 +1263,7 @@ mod tests {
             }) => {}
             other => panic!("{other:?}"),
         }
-        match classify_answer("update", 429, b"", Some(Duration::from_secs(7))) {
+        match classify_answer::<Value>("update", 429, b"", Some(Duration::from_secs(7))) {
             Err(CallError::Transient {
                 retry_after: Some(d),
                 maybe_applied: false,
@@ -1236,6 +1319,39 @@ mod tests {
         assert!(!permanent_512(
             "SessionService.login.failed.not.able.to.fetch.user.info"
         ));
+    }
+
+    fn summarise(raw: &Value) -> Option<ListedSummary> {
+        serde_json::from_value::<ListEntry>(raw.clone())
+            .ok()?
+            .summary()
+    }
+
+    #[test]
+    fn a_list_is_decoded_into_summaries_only() {
+        let body = br#"[{"userId": "a", "ccUserId": 1, "extra": {"deep": [1, 2, {"x": null}]}},
+                        null, 7, "text", [1],
+                        {"userName": "no id"},
+                        {"userId": "b", "ccUserId": "2", "mappingUserId": 9, "userType": null}]"#;
+        let Ok(Attempt::Done(Some(items))) =
+            classify_answer::<Option<Vec<ListEntry>>>("list", 200, body, None)
+        else {
+            panic!("a list decodes");
+        };
+        let users: Vec<ListedSummary> = items.into_iter().filter_map(ListEntry::summary).collect();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].user_id, "a");
+        assert_eq!(users[0].cc_user_id, Some(1));
+        assert_eq!(users[1].cc_user_id, Some(2));
+        assert_eq!(users[1].mapping_user_id.as_deref(), Some("9"));
+        assert_eq!(users[1].user_type, None);
+        // Not a list, or not JSON: transient, never an empty listing.
+        for body in [&br#"{"users": []}"#[..], b"<html>502</html>"] {
+            assert!(matches!(
+                classify_answer::<Option<Vec<ListEntry>>>("list", 200, body, None),
+                Err(CallError::Transient { .. })
+            ));
+        }
     }
 
     #[test]
