@@ -333,6 +333,30 @@ async fn jumps_equal_the_ordered_listing(db: TestDb) {
     // A fresh store (another replica) gives the same pages.
     let cold = Store::anchored(&backend, 5);
     assert_eq!(jump(&db, &cold, 48, 10).await, read(0, 47));
+    // Concurrent jumps on a fresh store: one reads the anchors, the others wait for
+    // them and skip fewer than 5 keys.
+    let fresh = Store::anchored(&backend, 5);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let fresh = fresh.clone();
+        set.spawn(async move { fresh.read(42 + i % 4, 3).await });
+    }
+    let all = ordered(&db).await;
+    let mut scans = 0;
+    while let Some(r) = set.join_next().await {
+        let (page, read) = r.unwrap();
+        let start = read.after + read.skipped + 1;
+        assert_eq!(
+            page.users.iter().map(|u| u.id).collect::<Vec<_>>(),
+            all[start as usize - 1..start as usize + 2].to_vec()
+        );
+        if read.after == 0 {
+            scans += 1;
+        } else {
+            assert!(read.skipped < 5, "{read:?}");
+        }
+    }
+    assert_eq!(scans, 1, "one request read the anchors");
 
     // A create lands at the end: the anchors stay good.
     let (_, shifts) = store.counts().await;

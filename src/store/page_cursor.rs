@@ -20,10 +20,13 @@
 //! - Anchors, per tenant: the keys of the users at positions `every`, `2 * every`, ...
 //!   (a prefix of them, read once by one scan of the index), so a jump to any position
 //!   skips fewer than `every` keys after the nearest anchor. At most [`ANCHORS`] keys
-//!   are held over all tenants; the tenant used longest ago goes first.
+//!   are held over all tenants; the tenant used longest ago goes first. One request
+//!   at a time reads a tenant's anchors ([`PageCursors::reading_anchors`]): the jumps
+//!   that arrive meanwhile wait for them instead of each scanning the same keys.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 /// Page starts per generation: at most twice this many are kept.
 pub const GENERATION: usize = 2048;
@@ -35,6 +38,10 @@ pub const ANCHOR_EVERY: u64 = 1000;
 pub const ANCHORS: usize = 32 * 1024;
 
 type Slot = (String, u64);
+
+/// Locks that let one request at a time read a tenant's anchors; tenants share them by
+/// the hash of their name.
+const READERS: usize = 64;
 
 /// How an unfiltered page was found: a seek after the remembered key of the user at
 /// position `after` (0: from the tenant's first user), then `skipped` keys passed over
@@ -54,6 +61,7 @@ pub struct PageCursors<K> {
     anchors: Mutex<AnchorSet<K>>,
     every: u64,
     anchor_bound: usize,
+    readers: Vec<Arc<tokio::sync::Mutex<()>>>,
 }
 
 #[derive(Debug)]
@@ -102,7 +110,18 @@ impl<K: Clone> PageCursors<K> {
             }),
             every: every.max(1),
             anchor_bound: anchor_bound.max(1),
+            readers: (0..READERS).map(|_| Default::default()).collect(),
         }
+    }
+
+    /// Wait for the turn to read the tenant's anchors, and hold it until they are
+    /// remembered: a request that finds its anchors missing takes it, then looks again
+    /// ([`Self::before`]), since another request may have read them meanwhile.
+    pub async fn reading_anchors(&self, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        let lock = &self.readers[(h.finish() % READERS as u64) as usize];
+        lock.clone().lock_owned().await
     }
 
     /// Page starts kept in generations of `generation` entries (at least 1).
@@ -166,9 +185,11 @@ impl<K: Clone> PageCursors<K> {
             return (0, None);
         };
         if t.shifts != shifts {
-            // Stale for good: the counter only grows.
-            *held -= t.keys.len();
-            tenants.remove(tenant);
+            // Older than this snapshot: stale for good, as the counter only grows.
+            if t.shifts < shifts {
+                *held -= t.keys.len();
+                tenants.remove(tenant);
+            }
             return (0, None);
         }
         *clock += 1;

@@ -369,9 +369,16 @@ impl PgStore {
             ));
         }
         let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
-        let (at, known) = self.cursors.before(tenant, start, shifts);
-        let skip = start - 1 - at;
         let every = self.cursors.anchor_every();
+        let (mut at, mut known) = self.cursors.before(tenant, start, shifts);
+        // Anchors to read: one request at a time per tenant (when they can be
+        // remembered), so concurrent jumps wait for them instead of each scanning.
+        let mut reading = None;
+        if start - 1 - at >= every && horizon.is_some() {
+            reading = Some(self.cursors.reading_anchors(tenant).await);
+            (at, known) = self.cursors.before(tenant, start, shifts);
+        }
+        let skip = start - 1 - at;
         // The anchors between the remembered key and the page, then the key just
         // before the page, fewer than `every` keys after the last of them.
         let anchors: Vec<(DateTime<Utc>, Uuid)> = if skip >= every {
@@ -454,6 +461,7 @@ impl PgStore {
             let mut anchors = anchors;
             anchors.retain(|(created, _)| *created < horizon);
             self.cursors.put_anchors(tenant, shifts, at, anchors);
+            drop(reading);
             if let Some(key) = before_page
                 && skip > 0
                 && key.0 < horizon

@@ -299,9 +299,16 @@ impl SqliteStore {
             ));
         }
         let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
-        let (at, known) = self.cursors.before(tenant, start, shifts);
-        let skip = start - 1 - at;
         let every = self.cursors.anchor_every();
+        let (mut at, mut known) = self.cursors.before(tenant, start, shifts);
+        // Anchors to read: one request at a time per tenant, so concurrent jumps wait
+        // for them instead of each scanning.
+        let mut reading = None;
+        if start - 1 - at >= every {
+            reading = Some(self.cursors.reading_anchors(tenant).await);
+            (at, known) = self.cursors.before(tenant, start, shifts);
+        }
+        let skip = start - 1 - at;
         // The anchors between the remembered key and the page, then the key just
         // before the page, fewer than `every` keys after the last of them.
         let anchors: Vec<(String, String)> = if skip >= every {
@@ -355,6 +362,7 @@ impl SqliteStore {
         };
         tx.commit().await.map_err(db_error)?;
         self.cursors.put_anchors(tenant, shifts, at, anchors);
+        drop(reading);
         if let Some(key) = before_page
             && skip > 0
         {
