@@ -1,6 +1,7 @@
 //! Unfiltered lists: `totalResults` from the per-tenant counters, exact through every
-//! kind of write, and pages walked in order (started from a remembered key) equal to
-//! the same pages fetched cold, on both stores.
+//! kind of write, pages walked in order (started from a remembered key) equal to the
+//! same pages fetched cold, and jumps to any position (started from a remembered
+//! anchor) equal to the same slice of the full ordered listing, on both stores.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use ameyo_scim::scim::resource::parse_user;
 use ameyo_scim::store::backend::{Backend, Db};
+use ameyo_scim::store::page_cursor::PageRead;
 use ameyo_scim::store::sqlite::SqliteStore;
 use ameyo_scim::store::{ListQuery, PgStore, UserStore};
 use common::db::{Arg, Kind, TestDb};
@@ -33,6 +35,22 @@ impl Store {
                 pool.clone(),
                 backend.cipher.clone(),
             ))),
+        }
+    }
+
+    /// A store that remembers an anchor every `every` users.
+    fn anchored(backend: &Backend, every: u64) -> Self {
+        match Self::of(backend) {
+            Store::Pg(s) => Store::Pg(Arc::new((*s).clone().with_anchor_every(every))),
+            Store::Lite(s) => Store::Lite(Arc::new((*s).clone().with_anchor_every(every))),
+        }
+    }
+
+    /// The unfiltered page at `start` and how it was found.
+    async fn read(&self, start: u64, count: u64) -> (ameyo_scim::store::Page, PageRead) {
+        match self {
+            Store::Pg(s) => s.list_unfiltered(T, &page(start, count)).await.unwrap(),
+            Store::Lite(s) => s.list_unfiltered(T, &page(start, count)).await.unwrap(),
         }
     }
 
@@ -139,7 +157,12 @@ async fn walk_and_compare(backend: &Backend, walker: &Store, n: u64) -> Vec<Uuid
     }
 }
 
-both_backends!(counts_stay_exact, walked_pages_equal_cold_pages);
+both_backends!(
+    counts_stay_exact,
+    walked_pages_equal_cold_pages,
+    jumps_equal_the_ordered_listing,
+    jumps_anywhere_stay_exact_through_writes
+);
 
 async fn counts_stay_exact(db: TestDb) {
     let backend = db.open(&common::settings()).await;
@@ -247,4 +270,158 @@ async fn walked_pages_equal_cold_pages(db: TestDb) {
     ids.insert(0, early);
     assert_eq!(walk_and_compare(&backend, &walker, 5).await, ids);
     assert_exact(&db, &walker).await;
+}
+
+/// The tenant's live users in list order, as the database orders them.
+async fn ordered(db: &TestDb) -> Vec<Uuid> {
+    db.texts(
+        "SELECT CAST(id AS TEXT) FROM users WHERE tenant_id = $1 AND deleted_at IS NULL
+         ORDER BY created, id",
+        &[Arg::Text(T.into())],
+    )
+    .await
+    .into_iter()
+    .map(|t| t.unwrap().parse().unwrap())
+    .collect()
+}
+
+/// The page at `start` equals the same slice of the ordered listing, with its total;
+/// returns how it was found.
+async fn jump(db: &TestDb, store: &Store, start: u64, count: u64) -> PageRead {
+    let all = ordered(db).await;
+    let (page, read) = store.read(start, count).await;
+    let from = (start as usize - 1).min(all.len());
+    let to = (from + count as usize).min(all.len());
+    assert_eq!(
+        page.users.iter().map(|u| u.id).collect::<Vec<_>>(),
+        all[from..to].to_vec(),
+        "page at {start}, count {count}"
+    );
+    assert_eq!(page.total, all.len() as u64);
+    read
+}
+
+fn read(after: u64, skipped: u64) -> PageRead {
+    PageRead { after, skipped }
+}
+
+async fn jumps_equal_the_ordered_listing(db: TestDb) {
+    let backend = db.open(&common::settings()).await;
+    let store = Store::anchored(&backend, 5);
+    let users = store.users();
+    for i in 0..53 {
+        create(&*users, &format!("j{i:02}")).await;
+    }
+    // A deep jump with nothing remembered reads the keys up to it once, remembering an
+    // anchor every 5 users on the way.
+    assert_eq!(jump(&db, &store, 37, 4).await, read(0, 36));
+    // Later jumps skip fewer than 5 keys after the nearest anchor.
+    assert_eq!(jump(&db, &store, 23, 4).await, read(20, 2));
+    assert_eq!(jump(&db, &store, 6, 3).await, read(5, 0));
+    assert_eq!(jump(&db, &store, 2, 3).await, read(0, 1));
+    // A page served before: a seek from the key just before it.
+    assert_eq!(jump(&db, &store, 37, 4).await, read(36, 0));
+    // The page after a full page starts where that one ended.
+    assert_eq!(jump(&db, &store, 41, 4).await, read(40, 0));
+    // Past the last anchor: the keys from there on are read, and remembered.
+    assert_eq!(jump(&db, &store, 52, 10).await, read(35, 16));
+    assert_eq!(jump(&db, &store, 48, 10).await, read(45, 2));
+    // Past the end: an empty page with the exact total.
+    assert_eq!(jump(&db, &store, 80, 10).await, read(50, 29));
+    assert_eq!(jump(&db, &store, 54, 10).await, read(50, 3));
+    assert_eq!(jump(&db, &store, 1, 10).await, read(0, 0));
+    // A fresh store (another replica) gives the same pages.
+    let cold = Store::anchored(&backend, 5);
+    assert_eq!(jump(&db, &cold, 48, 10).await, read(0, 47));
+    // Concurrent jumps on a fresh store: one reads the anchors, the others wait for
+    // them and skip fewer than 5 keys.
+    let fresh = Store::anchored(&backend, 5);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let fresh = fresh.clone();
+        set.spawn(async move { fresh.read(42 + i % 4, 3).await });
+    }
+    let all = ordered(&db).await;
+    let mut scans = 0;
+    while let Some(r) = set.join_next().await {
+        let (page, read) = r.unwrap();
+        let start = read.after + read.skipped + 1;
+        assert_eq!(
+            page.users.iter().map(|u| u.id).collect::<Vec<_>>(),
+            all[start as usize - 1..start as usize + 2].to_vec()
+        );
+        if read.after == 0 {
+            scans += 1;
+        } else {
+            assert!(read.skipped < 5, "{read:?}");
+        }
+    }
+    assert_eq!(scans, 1, "one request read the anchors");
+
+    // A create lands at the end: the anchors stay good.
+    let (_, shifts) = store.counts().await;
+    create(&*users, "j-new").await;
+    assert_eq!(store.counts().await.1, shifts);
+    assert_eq!(jump(&db, &store, 53, 10).await, read(50, 2));
+
+    // A delete before the anchors moves every later user: they go, and the next jump
+    // reads the keys again.
+    let all = ordered(&db).await;
+    users.delete(T, all[9], None).await.unwrap();
+    assert_eq!(jump(&db, &store, 37, 4).await, read(0, 36));
+    assert_eq!(jump(&db, &store, 29, 4).await, read(25, 3));
+    // So does a delete after them (the counter does not say where it was).
+    let all = ordered(&db).await;
+    users.delete(T, all[50], None).await.unwrap();
+    assert_eq!(jump(&db, &store, 29, 4).await, read(0, 28));
+    // And a user inserted with an earlier creation time (an import).
+    insert_direct(
+        &db,
+        Uuid::new_v4(),
+        "early",
+        Some("2000-01-01T00:00:00.000000Z"),
+    )
+    .await;
+    assert_eq!(jump(&db, &store, 29, 4).await, read(0, 28));
+    assert_eq!(jump(&db, &store, 29, 4).await, read(28, 0));
+    // A user removed directly from the table.
+    let all = ordered(&db).await;
+    db.exec("DELETE FROM users WHERE id = $1", &[Arg::id(all[3])])
+        .await;
+    assert_eq!(jump(&db, &store, 29, 4).await, read(0, 28));
+    assert_exact(&db, &store).await;
+}
+
+/// Jumps to every position, with writes in between, from stores that share nothing:
+/// each page equals the slice of the ordered listing.
+async fn jumps_anywhere_stay_exact_through_writes(db: TestDb) {
+    let backend = db.open(&common::settings()).await;
+    let store = Store::anchored(&backend, 4);
+    let users = store.users();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(create(&*users, &format!("a{i:02}")).await);
+    }
+    for round in 0..4u64 {
+        for start in (1..=34).rev().step_by(3) {
+            let read = jump(&db, &store, start, 1 + (start + round) % 6).await;
+            if start == 34 {
+                // After a delete every key is read again; after a create at the end
+                // (round 1) the anchors stay good.
+                assert_eq!(read.after == 0, round != 2, "round {round}: {read:?}");
+            }
+        }
+        for start in 1..=32 {
+            let read = jump(&db, &store, start, 3).await;
+            // Everything was remembered on the way down: at most 3 keys skipped.
+            assert!(read.skipped < 4, "at {start}: {read:?}");
+        }
+        match round {
+            0 => users.delete(T, ids[20], None).await.unwrap(),
+            1 => {
+                create(&*users, "a-late").await;
+            }
+            _ => users.delete(T, ids[round as usize], None).await.unwrap(),
+        }
+    }
 }

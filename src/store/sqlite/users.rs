@@ -26,7 +26,7 @@ use super::MIGRATOR;
 use super::filter::{fold_case, search_document};
 use super::outbox::{PendingPassword, insert_pending, mark_pending, rearm_if_dead};
 use crate::scim::resource::{StoredUser, UserGroup, UserInput};
-use crate::store::page_cursor::PageCursors;
+use crate::store::page_cursor::{ANCHORS, GENERATION, PageCursors, PageRead};
 use crate::store::password::PasswordCipher;
 use crate::store::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore, Warming};
 
@@ -158,6 +158,31 @@ const PAGE_AFTER_SQL: &str = concat!(
      ORDER BY u.created, u.id LIMIT ?4"
 );
 
+/// The keys of the tenant's live users at every `?4`-th position after a remembered key
+/// (the empty key: from the first user), up to `?5` positions on, in order: one seek
+/// along the covering (tenant, created, id) index per anchor, each skipping `?4 - 1`
+/// keys. (A `row_number()` window over the same scan costs eight times as much.)
+const ANCHORS_SQL: &str = "
+WITH RECURSIVE a(created, id, n) AS (
+    SELECT * FROM (
+        SELECT created, id, ?4 FROM users
+        WHERE tenant_id = ?1 AND deleted_at IS NULL AND (created, id) > (?2, ?3)
+        ORDER BY created, id LIMIT 1 OFFSET ?4 - 1)
+    UNION ALL
+    SELECT u.created, u.id, a.n + ?4 FROM a JOIN users u ON u.rowid = (
+        SELECT rowid FROM users
+        WHERE tenant_id = ?1 AND deleted_at IS NULL AND (created, id) > (a.created, a.id)
+        ORDER BY created, id LIMIT 1 OFFSET ?4 - 1)
+    WHERE a.n + ?4 <= ?5)
+SELECT created, id FROM a ORDER BY n";
+
+/// The key `?4` positions on after a remembered key (the empty key: from the first
+/// user): a scan of the covering index.
+const KEY_AFTER_SQL: &str = "
+SELECT created, id FROM users
+WHERE tenant_id = ?1 AND deleted_at IS NULL AND (created, id) > (?2, ?3)
+ORDER BY created, id LIMIT 1 OFFSET ?4";
+
 fn count_query(prefix: &'static str, tenant: &str, q: &ListQuery) -> Result<QueryBuilder<Sqlite>> {
     Ok(super::filter::count_query(prefix, tenant, q)?)
 }
@@ -219,6 +244,14 @@ impl SqliteStore {
         &self.cipher
     }
 
+    /// Remember an anchor every `every` users instead of every
+    /// [`page_cursor::ANCHOR_EVERY`](crate::store::page_cursor::ANCHOR_EVERY) (tests use a
+    /// few users).
+    pub fn with_anchor_every(mut self, every: u64) -> Self {
+        self.cursors = Arc::new(PageCursors::new(GENERATION, every, ANCHORS));
+        self
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -229,11 +262,20 @@ impl SqliteStore {
     }
 
     /// A page of all the tenant's users in the default order. `totalResults` comes from
-    /// the tenant's counter row, and a page that an earlier one ended before starts
-    /// after that one's last key; both read in one snapshot with the page. Writes are
-    /// serialised and a create's time is taken under the write lock, so a user committed
-    /// later always comes after every key remembered before.
+    /// the tenant's counter row, read in one snapshot with the page.
     async fn list_all(&self, tenant: &str, q: &ListQuery) -> Result<Page> {
+        Ok(self.list_unfiltered(tenant, q).await?.0)
+    }
+
+    /// [`Self::list_all`], and how the page was found. The page starts after the key
+    /// of the user just before it: a remembered one (see [`PageCursors`]) or one read
+    /// along the index from the nearest remembered anchor (or the first user), reading
+    /// on the way the anchors not yet remembered. The keys read are remembered, as is
+    /// the last key of a full page, all with the shift counter of the same snapshot.
+    /// Writes are serialised and a create's time is taken under the write lock, so a
+    /// user committed later always comes after every key remembered before (or moves
+    /// the counter).
+    pub async fn list_unfiltered(&self, tenant: &str, q: &ListQuery) -> Result<(Page, PageRead)> {
         let start = q.start_index.max(1);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let (live, shifts): (i64, i64) = sqlx::query_as(COUNTS_SQL)
@@ -241,19 +283,67 @@ impl SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?;
+        let total = live.max(0) as u64;
         if q.count == 0 {
             tx.commit().await.map_err(db_error)?;
-            return Ok(Page {
-                total: live.max(0) as u64,
-                users: vec![],
-            });
+            let read = PageRead {
+                after: 0,
+                skipped: 0,
+            };
+            return Ok((
+                Page {
+                    total,
+                    users: vec![],
+                },
+                read,
+            ));
         }
         let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
-        let after = match start {
-            1 => None,
-            _ => self.cursors.get(tenant, start, shifts),
+        let every = self.cursors.anchor_every();
+        let (mut at, mut known) = self.cursors.before(tenant, start, shifts);
+        // Anchors to read: one request at a time per tenant, so concurrent jumps wait
+        // for them instead of each scanning.
+        let mut reading = None;
+        if start - 1 - at >= every {
+            reading = Some(self.cursors.reading_anchors(tenant).await);
+            (at, known) = self.cursors.before(tenant, start, shifts);
+        }
+        let skip = start - 1 - at;
+        // The anchors between the remembered key and the page, then the key just
+        // before the page, fewer than `every` keys after the last of them.
+        let anchors: Vec<(String, String)> = if skip >= every {
+            let (created, id) = known.clone().unwrap_or_default();
+            sqlx::query_as(ANCHORS_SQL)
+                .bind(tenant)
+                .bind(created)
+                .bind(id)
+                .bind(i64::try_from(every).unwrap_or(i64::MAX))
+                .bind(i64::try_from(skip).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?
+        } else {
+            vec![]
         };
-        let rows: Vec<UserRow> = match after {
+        let from = anchors.last().cloned().or(known);
+        let rest = skip - every * anchors.len() as u64;
+        let before_page = match (rest, from) {
+            (0, from) => from,
+            // Fewer users than the anchors asked for: none left for the key.
+            _ if (anchors.len() as u64) < skip / every => None,
+            (rest, from) => {
+                let (created, id) = from.unwrap_or_default();
+                sqlx::query_as(KEY_AFTER_SQL)
+                    .bind(tenant)
+                    .bind(created)
+                    .bind(id)
+                    .bind(i64::try_from(rest - 1).unwrap_or(i64::MAX))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+            }
+        };
+        let rows: Vec<UserRow> = match &before_page {
             Some((created, id)) => sqlx::query_as(PAGE_AFTER_SQL)
                 .bind(tenant)
                 .bind(created)
@@ -262,14 +352,22 @@ impl SqliteStore {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error)?,
-            // The unfiltered page has one shape: its statement is prepared once.
-            None => page_query("", tenant, q)?
+            // The first page. Its statement has one shape: it is prepared once.
+            None if skip == 0 => page_query("", tenant, q)?
                 .build_query_as()
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error)?,
+            None => vec![],
         };
         tx.commit().await.map_err(db_error)?;
+        self.cursors.put_anchors(tenant, shifts, at, anchors);
+        drop(reading);
+        if let Some(key) = before_page
+            && skip > 0
+        {
+            self.cursors.put(tenant, start, key, shifts);
+        }
         if rows.len() as u64 == q.count
             && let Some((id, _, _, created, ..)) = rows.last()
         {
@@ -281,10 +379,11 @@ impl SqliteStore {
             );
         }
         let users = rows.into_iter().map(row_to_user).collect::<Result<_>>()?;
-        Ok(Page {
-            total: live.max(0) as u64,
-            users,
-        })
+        let read = PageRead {
+            after: at,
+            skipped: skip,
+        };
+        Ok((Page { total, users }, read))
     }
 
     /// Whether the page at `start` of `tenant` would begin at a remembered key, as of
