@@ -364,6 +364,7 @@ impl Scratch {
         if let Scratch::Postgres { url, .. } = &self {
             // FORCE: a run that failed may have left connections open.
             if let Err(e) = sqlx::Postgres::force_drop_database(url).await {
+                let url = crate::config::redacted_url(url);
                 progress(format!("cannot drop {url}: {e}"));
             }
         }
@@ -497,13 +498,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
         StoreChoice::Both => &[Kind::Postgres, Kind::Sqlite],
     };
     let command = std::env::args()
-        .map(|a| {
-            if a.contains(' ') || a.is_empty() {
-                format!("'{a}'")
-            } else {
-                a
-            }
-        })
+        .map(|a| shown_arg(&a))
         .collect::<Vec<_>>()
         .join(" ");
     let machine = machine(&args, kinds).await;
@@ -534,6 +529,23 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<()> {
         print!("{text}");
     }
     Ok(())
+}
+
+/// An argument as the report shows it: a database URL's password redacted (the command
+/// is written into the report), quoted if it holds a space.
+fn shown_arg(a: &str) -> String {
+    let a = match a.split_once('=') {
+        Some((flag, url)) if flag.starts_with("--") && url.contains("://") => {
+            format!("{flag}={}", crate::config::redacted_url(url))
+        }
+        _ if a.contains("://") => crate::config::redacted_url(a),
+        _ => a.to_string(),
+    };
+    if a.contains(' ') || a.is_empty() {
+        format!("'{a}'")
+    } else {
+        a
+    }
 }
 
 /// One store: seed, the in-process scenarios, the baselines, the process scenarios.
@@ -651,4 +663,23 @@ fn markdown(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_arg;
+
+    #[test]
+    fn the_reported_command_never_shows_a_database_password() {
+        assert_eq!(
+            shown_arg("postgres://bench:s3cret@db:5432/x"),
+            "postgres://bench:REDACTED@db:5432/x"
+        );
+        assert_eq!(
+            shown_arg("--database-url=postgres://bench:s3cret@db/x"),
+            "--database-url=postgres://bench:REDACTED@db/x"
+        );
+        assert_eq!(shown_arg("--users"), "--users");
+        assert_eq!(shown_arg("a b"), "'a b'");
+    }
 }
