@@ -95,6 +95,50 @@ async fn a_pool_for_other_work_is_not_warmed() {
     );
 }
 
+async fn jit_of(url: &str, access: Access) -> String {
+    let mut settings = common::settings();
+    settings.database.url = url.to_string().into();
+    let backend = Backend::open(&settings, access).await.unwrap();
+    let Db::Postgres(pool) = &backend.db else {
+        unreachable!()
+    };
+    sqlx::query_scalar("SHOW jit")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The service's statements read a handful of rows: JIT compiling them costs far more
+/// than it saves, and PostgreSQL decides on it from estimates that can be far off
+/// (docs/performance.md), so every connection the service opens has it off, unless
+/// the operator's URL sets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_run_without_jit_unless_the_url_says_otherwise() {
+    let db = TestDb::postgres().await;
+    // Whatever the server's configuration, this database has it on.
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pg_pool())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{name}" SET jit = on"#
+    )))
+    .execute(&db.pg_pool())
+    .await
+    .unwrap();
+    let plain = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let default: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&plain)
+        .await
+        .unwrap();
+    assert_eq!(default, "on");
+    assert_eq!(jit_of(db.url(), Access::Serve).await, "off");
+    assert_eq!(jit_of(db.url(), Access::Migrate).await, "off");
+    let sep = if db.url().contains('?') { '&' } else { '?' };
+    let chosen = format!("{}{sep}options=-c%20jit%3Don", db.url());
+    assert_eq!(jit_of(&chosen, Access::Serve).await, "on");
+}
+
 fn query(filter: &str, start_index: u64, count: u64) -> ListQuery {
     ListQuery {
         filter: Some(parse(filter).unwrap()),

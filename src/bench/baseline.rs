@@ -159,7 +159,10 @@ async fn run_pgbench(p: Pgbench<'_>) -> anyhow::Result<PgbenchRun> {
         cmd.arg("-l")
             .arg(format!("--log-prefix={}", prefix.display()));
     }
-    cmd.arg(url).kill_on_drop(true);
+    // The service's own connections run with JIT off (store::postgres): so do these.
+    cmd.arg(url)
+        .env("PGOPTIONS", "-c jit=off")
+        .kill_on_drop(true);
     let out = cmd.output().await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(

@@ -72,9 +72,24 @@ pub fn connect_serving(settings: &DatabaseSettings, tenant: &str) -> Result<PgPo
         .connect_lazy_with(connect_options(settings)?))
 }
 
+/// The connection's options: the URL's, named `ameyo-scim`, and with PostgreSQL's JIT
+/// compiler off unless the URL's `options` set `jit` themselves.
+///
+/// Every statement here reads or writes a handful of rows; JIT pays off only for long
+/// analytical queries, yet PostgreSQL decides on it from the planner's cost estimate,
+/// and an estimate over a table autovacuum has not analysed yet (a group that just grew
+/// by 100,000 members) can pass the JIT thresholds: each execution of a lookup then
+/// compiled for about 170 ms (its run took 0.2 ms), which on two cores held a restarted
+/// service back from ready for 38 s. Off, a misestimate costs the plan, not a compiler.
 fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
     let options: PgConnectOptions = settings.url.expose_secret().parse()?;
-    Ok(options.application_name("ameyo-scim"))
+    let options = options.application_name("ameyo-scim");
+    let sets_jit = options.get_options().is_some_and(|o| o.contains("jit"));
+    Ok(if sets_jit {
+        options
+    } else {
+        options.options([("jit", "off")])
+    })
 }
 
 fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
