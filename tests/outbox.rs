@@ -290,17 +290,31 @@ async fn the_reclaim_dead_letters_resyncs_too(db: TestDb) {
     assert!(r.pending_since.is_none(), "{r:?}");
 }
 
-/// An outbox whose userId claim panics: the delivery task dies in the middle of a
-/// delivery, the way a bug in the bridge would kill it. It hands out work only as many
-/// times as the test allows (`claims`), so each `run_until_idle` is one attempt however
-/// short the retry delay.
-struct PanickingOutbox {
+/// What a [`HookedOutbox`] does when a delivery claims a userId before a create.
+enum OnClaimUserId {
+    /// Panic: the delivery task dies in the middle of a delivery, the way a bug in the
+    /// bridge would kill it.
+    Panic,
+    /// For `held`: say so on `entered`, then wait for `release` before claiming. For
+    /// any other user: wait until `held` has entered, then claim.
+    Hold {
+        held: Uuid,
+        entered: Arc<tokio::sync::Semaphore>,
+        release: Arc<Notify>,
+    },
+}
+
+/// An outbox whose userId claim does what the test says. It hands out work only as
+/// many times as the test allows (`claims`), so each `run_until_idle` is one attempt
+/// however short the retry delay.
+struct HookedOutbox {
     inner: Arc<dyn Outbox>,
     claims: AtomicU32,
+    on_claim_user_id: OnClaimUserId,
 }
 
 #[async_trait]
-impl Outbox for PanickingOutbox {
+impl Outbox for HookedOutbox {
     async fn heartbeat(&self, owner: &str) -> ameyo_scim::store::Result<()> {
         self.inner.heartbeat(owner).await
     }
@@ -334,13 +348,31 @@ impl Outbox for PanickingOutbox {
     }
     async fn claim_user_id(
         &self,
-        _user: Uuid,
-        _lease_token: Uuid,
-        _server: &str,
+        user: Uuid,
+        lease_token: Uuid,
+        server: &str,
         ameyo_user_id: &str,
-        _sending: &Value,
+        sending: &Value,
     ) -> ameyo_scim::store::Result<UserIdClaim> {
-        panic!("a bug in the bridge while claiming '{ameyo_user_id}'")
+        match &self.on_claim_user_id {
+            OnClaimUserId::Panic => panic!("a bug in the bridge while claiming '{ameyo_user_id}'"),
+            OnClaimUserId::Hold {
+                held,
+                entered,
+                release,
+            } => {
+                if user == *held {
+                    entered.add_permits(1);
+                    release.notified().await;
+                } else {
+                    // Given back at once: every other user passes once `held` entered.
+                    drop(entered.acquire().await.expect("never closed"));
+                }
+            }
+        }
+        self.inner
+            .claim_user_id(user, lease_token, server, ameyo_user_id, sending)
+            .await
     }
     async fn complete(
         &self,
@@ -422,9 +454,10 @@ async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(db: TestDb)
     let mut settings = settings_of(&s);
     settings.sync.max_attempts = 2;
     let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
-    let outbox = Arc::new(PanickingOutbox {
+    let outbox = Arc::new(HookedOutbox {
         inner: s.app.backend.outbox.clone(),
         claims: AtomicU32::new(1),
+        on_claim_user_id: OnClaimUserId::Panic,
     });
     let worker = Arc::new(Worker::from_tenants(
         &settings.sync,
@@ -462,6 +495,102 @@ async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(db: TestDb)
     assert_eq!((r.state.as_str(), r.attempts), ("dead", 2), "{r:?}");
     assert!(panics_of_a() >= before + 2.0);
     assert!(s.emulator.users().is_empty());
+}
+
+both_backends!(a_delivery_writing_to_the_database_leaves_its_call_slot_to_others);
+/// A call slot is held only while Ameyo is called: with one slot, a delivery stuck
+/// claiming its userId in the database does not keep another from calling Ameyo. (Were
+/// the slot held for the whole delivery, whichever started first would wait for the
+/// other forever.)
+async fn a_delivery_writing_to_the_database_leaves_its_call_slot_to_others(db: TestDb) {
+    let s = sync_app(&db).await;
+    let held = uuid(&s.app.create_named("held@example.com").await);
+    s.app.create_named("free@example.com").await;
+    let mut settings = settings_of(&s);
+    settings.sync.concurrency = 1;
+    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
+    let release = Arc::new(Notify::new());
+    let outbox = Arc::new(HookedOutbox {
+        inner: s.app.backend.outbox.clone(),
+        claims: AtomicU32::new(u32::MAX),
+        on_claim_user_id: OnClaimUserId::Hold {
+            held,
+            entered: Arc::new(tokio::sync::Semaphore::new(0)),
+            release: release.clone(),
+        },
+    });
+    let worker = Arc::new(Worker::from_tenants(
+        &settings.sync,
+        &tenants,
+        outbox,
+        s.app.backend.cipher.clone(),
+        "one-slot".into(),
+    ));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.ameyo_user("free@example.com").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "free@ was not created while held@ was claiming its userId"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        s.ameyo_user("held@example.com").is_none(),
+        "held@ is still held"
+    );
+    release.notify_one();
+    while s.ameyo_user("held@example.com").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "held@ was not created once released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("the worker stops");
+    assert_eq!(s.calls("POST", "cc/contactCenterUsers").len(), 2);
+}
+
+both_backends!(calls_in_flight_never_exceed_the_concurrency);
+/// `sync.concurrency` bounds the calls in flight to Ameyo, and a worker with enough
+/// work keeps that many going.
+async fn calls_in_flight_never_exceed_the_concurrency(db: TestDb) {
+    let s = sync_app_with(&db, EmulatorOptions::default(), |st| {
+        st.sync.concurrency = 3;
+        // The tenant's own bound is higher: the worker's is the one tested.
+        for t in &mut st.tenants {
+            t.ameyo.max_concurrent_calls = Some(10);
+        }
+    })
+    .await;
+    for i in 0..12 {
+        s.app.create_named(&format!("slot{i:02}@example.com")).await;
+    }
+    s.emulator.set_faults(Faults {
+        latency_ms: 100,
+        ..Faults::default()
+    });
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(
+        s.worker
+            .clone()
+            .run(shutdown.clone(), Duration::from_secs(5)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.emulator.user_count() < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} delivered",
+            s.emulator.user_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("the worker stops");
+    assert_eq!(s.emulator.most_in_flight(), 3);
 }
 
 both_backends!(unconfirmed_creates_share_one_listing);

@@ -99,16 +99,21 @@ impl Ending {
     }
 }
 
-/// One of the worker's `sync.concurrency` delivery slots. A delivery gives it back as
-/// soon as it is done with Ameyo, before its outcome is written, and says so.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    freed: Arc<Notify>,
-}
+/// The worker's `sync.concurrency` call slots: a delivery holds one while it talks to
+/// Ameyo, and only then. Its steps in the database (the userId it claims before a
+/// create) and the writing of its outcome run without one, beside the calls of others,
+/// so a slot never waits on the database while Ameyo could be answering.
+#[derive(Clone)]
+struct Slots(Arc<Semaphore>);
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.freed.notify_one();
+impl Slots {
+    /// A slot for one call (none for a delivery run without the worker's loop).
+    async fn call(slots: Option<&Slots>) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed.
+        match slots {
+            Some(s) => s.0.clone().acquire_owned().await.ok(),
+            None => None,
+        }
     }
 }
 
@@ -279,10 +284,10 @@ impl Worker {
         );
         let poll = Duration::from_secs(self.settings.poll_interval_secs);
         let concurrency = self.settings.concurrency;
-        // Deliveries talking to Ameyo hold a slot; `inflight` also counts those whose
-        // outcome is still being written (at most `concurrency` of them).
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let freed = Arc::new(Notify::new());
+        // Deliveries under way: at most `concurrency` of them talking to Ameyo (each
+        // holds a call slot), as many again between calls or having their outcome
+        // written.
+        let slots = Slots(Arc::new(Semaphore::new(concurrency)));
         let mut inflight = JoinSet::new();
         // Rows claimed and not started yet, with when they were claimed. Claims run
         // beside the deliveries and refill this before it runs dry, so a delivery that
@@ -297,19 +302,13 @@ impl Worker {
         tracing::info!(owner = %self.owner, concurrency, "sync worker started");
         loop {
             while inflight.len() < 2 * concurrency
-                && !queue.is_empty()
-                && let Ok(permit) = slots.clone().try_acquire_owned()
                 && let Some((c, claimed_at)) = queue.pop_front()
             {
-                let slot = Slot {
-                    _permit: permit,
-                    freed: freed.clone(),
-                };
-                inflight.spawn(self.clone().process(c, claimed_at, Some(slot)));
+                inflight.spawn(self.clone().process(c, claimed_at, Some(slots.clone())));
             }
-            // Keep up to `concurrency` rows waiting behind the deliveries in flight.
-            let busy = concurrency - slots.available_permits();
-            let room = (2 * concurrency).saturating_sub(busy + queue.len());
+            // Keep up to `concurrency` rows waiting behind the deliveries in flight: at
+            // most three times `concurrency` leases in all.
+            let room = (3 * concurrency).saturating_sub(inflight.len() + queue.len());
             if claiming.is_none() && may_be_due && queue.len() < concurrency && room > 0 {
                 let worker = self.clone();
                 let limit = room.min(MAX_CLAIM);
@@ -342,11 +341,6 @@ impl Worker {
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "the claim failed; retrying"),
-                    }
-                }
-                _ = freed.notified() => {
-                    if short_claim_at.elapsed() >= RECLAIM_PAUSE {
-                        may_be_due = true;
                     }
                 }
                 _ = notify.notified() => may_be_due = true,
@@ -419,7 +413,7 @@ impl Worker {
     /// Deliver one claimed user and record the outcome. The delivery runs as a task of
     /// its own, so a panic in it is caught here and counted as a failed attempt (a user
     /// that keeps crashing its delivery ends as a dead letter).
-    async fn process(self: Arc<Self>, c: Claimed, claimed_at: Instant, slot: Option<Slot>) {
+    async fn process(self: Arc<Self>, c: Claimed, claimed_at: Instant, slots: Option<Slots>) {
         let span = tracing::info_span!("deliver", tenant = %c.tenant_id, user_id = %c.user_id, version = c.version);
         async move {
             let started = Instant::now();
@@ -448,7 +442,14 @@ impl Worker {
                     let mut secrets = Vec::new();
                     let delivered = tokio::time::timeout(
                         budget,
-                        worker.deliver(&claimed, &tenant, &seen_inside, &mut log, &mut secrets),
+                        worker.deliver(
+                            &claimed,
+                            &tenant,
+                            slots.as_ref(),
+                            &seen_inside,
+                            &mut log,
+                            &mut secrets,
+                        ),
                     )
                     .await;
                     let (outcome, progress) = match delivered {
@@ -484,9 +485,6 @@ impl Worker {
                     (outcome, last_seen(&seen), Vec::new(), Vec::new())
                 }
             };
-            // Done with Ameyo: the next delivery may start while this one's outcome
-            // is written.
-            drop(slot);
             let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
             match self.record(&c, &progress, &outcome, &log, &secret_refs).await {
                 Ok(true) => {}
@@ -519,6 +517,7 @@ impl Worker {
         &self,
         c: &Claimed,
         tenant: &Tenant,
+        slots: Option<&Slots>,
         seen: &std::sync::Mutex<Progress>,
         log: &mut Vec<CallRecord>,
         secrets: &mut Vec<String>,
@@ -562,6 +561,15 @@ impl Worker {
         };
         for _ in 0..MAX_STEPS {
             let step = decide::next(&case, &progress);
+            // A call slot for the steps that talk to Ameyo.
+            let _slot = match &step {
+                Step::Finish(_) | Step::ClaimUserId { .. } => None,
+                Step::Lookup { .. }
+                | Step::Create { .. }
+                | Step::Update { .. }
+                | Step::EndSessions { .. }
+                | Step::Delete { .. } => Slots::call(slots).await,
+            };
             let answer = match &step {
                 Step::Finish(outcome) => return (outcome.clone(), progress),
                 Step::Lookup {

@@ -27,7 +27,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -98,6 +98,31 @@ pub struct Emulator {
     /// Mirrors `faults.outage == Some(Refuse)` so the listener can check it without
     /// taking the lock on every read.
     refusing: Arc<AtomicBool>,
+    /// API calls being answered now, and the most there ever were at once.
+    calls: Arc<CallsInFlight>,
+}
+
+#[derive(Default)]
+struct CallsInFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// One API call being answered, for [`Emulator::most_in_flight`].
+struct InFlight(Arc<CallsInFlight>);
+
+impl InFlight {
+    fn start(calls: &Arc<CallsInFlight>) -> Self {
+        let now = calls.now.fetch_add(1, Ordering::SeqCst) + 1;
+        calls.most.fetch_max(now, Ordering::SeqCst);
+        InFlight(calls.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Emulator {
@@ -106,6 +131,7 @@ impl Emulator {
         Emulator {
             state: Arc::new(Mutex::new(EmulatorState::new(options))),
             refusing: Arc::new(AtomicBool::new(refusing)),
+            calls: Arc::default(),
         }
     }
 
@@ -181,6 +207,11 @@ impl Emulator {
         self.lock().requests_received
     }
 
+    /// The most API calls it was answering at once (latency included) since it started.
+    pub fn most_in_flight(&self) -> usize {
+        self.calls.most.load(Ordering::SeqCst)
+    }
+
     /// The password (`userData`) last delivered for a user.
     pub fn user_data(&self, user_id: &str) -> Option<String> {
         self.lock()
@@ -240,6 +271,7 @@ impl Emulator {
         session_id: Option<&str>,
         body: &RequestBody,
     ) -> (Response, Option<bool>) {
+        let _in_flight = InFlight::start(&self.calls);
         let faults = self.faults();
         if faults.outage == Some(Outage::Unavailable) {
             return (
