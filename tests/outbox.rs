@@ -292,6 +292,8 @@ async fn the_reclaim_dead_letters_resyncs_too(db: TestDb) {
 
 /// What a [`HookedOutbox`] does when a delivery claims a userId before a create.
 enum OnClaimUserId {
+    /// Claim, as the store does.
+    Pass,
     /// Panic: the delivery task dies in the middle of a delivery, the way a bug in the
     /// bridge would kill it.
     Panic,
@@ -311,6 +313,8 @@ struct HookedOutbox {
     inner: Arc<dyn Outbox>,
     claims: AtomicU32,
     on_claim_user_id: OnClaimUserId,
+    /// How many rows each claim asked for.
+    limits: std::sync::Mutex<Vec<usize>>,
 }
 
 #[async_trait]
@@ -344,6 +348,7 @@ impl Outbox for HookedOutbox {
         if allowed.is_err() {
             return Ok(Vec::new());
         }
+        self.limits.lock().unwrap().push(limit);
         self.inner.claim(owner, tenants, lease, limit).await
     }
     async fn claim_user_id(
@@ -355,6 +360,7 @@ impl Outbox for HookedOutbox {
         sending: &Value,
     ) -> ameyo_scim::store::Result<UserIdClaim> {
         match &self.on_claim_user_id {
+            OnClaimUserId::Pass => {}
             OnClaimUserId::Panic => panic!("a bug in the bridge while claiming '{ameyo_user_id}'"),
             OnClaimUserId::Hold {
                 held,
@@ -458,6 +464,7 @@ async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(db: TestDb)
         inner: s.app.backend.outbox.clone(),
         claims: AtomicU32::new(1),
         on_claim_user_id: OnClaimUserId::Panic,
+        limits: Default::default(),
     });
     let worker = Arc::new(Worker::from_tenants(
         &settings.sync,
@@ -518,6 +525,7 @@ async fn a_delivery_writing_to_the_database_leaves_its_call_slot_to_others(db: T
             entered: Arc::new(tokio::sync::Semaphore::new(0)),
             release: release.clone(),
         },
+        limits: Default::default(),
     });
     let worker = Arc::new(Worker::from_tenants(
         &settings.sync,
@@ -591,6 +599,62 @@ async fn calls_in_flight_never_exceed_the_concurrency(db: TestDb) {
     shutdown.cancel();
     running.await.expect("the worker stops");
     assert_eq!(s.emulator.most_in_flight(), 3);
+}
+
+both_backends!(claims_lease_many_rows_at_once);
+/// With plenty due, the worker tops its queue up in batches of at least half of
+/// `sync.concurrency` rows, never a row per finished delivery (each claim is a
+/// statement that costs the database about as much as a delivery's own writes).
+async fn claims_lease_many_rows_at_once(db: TestDb) {
+    let s = sync_app(&db).await;
+    for i in 0..40 {
+        s.app
+            .create_named(&format!("batch{i:02}@example.com"))
+            .await;
+    }
+    s.emulator.set_faults(Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    });
+    let mut settings = settings_of(&s);
+    settings.sync.concurrency = 4;
+    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
+    let outbox = Arc::new(HookedOutbox {
+        inner: s.app.backend.outbox.clone(),
+        claims: AtomicU32::new(u32::MAX),
+        on_claim_user_id: OnClaimUserId::Pass,
+        limits: Default::default(),
+    });
+    let worker = Arc::new(Worker::from_tenants(
+        &settings.sync,
+        &tenants,
+        outbox.clone(),
+        s.app.backend.cipher.clone(),
+        "batches".into(),
+    ));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.emulator.user_count() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} delivered",
+            s.emulator.user_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("the worker stops");
+    let limits = outbox.limits.lock().unwrap().clone();
+    assert!(
+        limits.iter().all(|&n| n >= 2),
+        "claims asked for {limits:?}"
+    );
+    assert!(
+        limits.len() <= 40 / 2 + 2,
+        "{} claims: {limits:?}",
+        limits.len()
+    );
 }
 
 both_backends!(unconfirmed_creates_share_one_listing);

@@ -307,9 +307,12 @@ impl Worker {
                 inflight.spawn(self.clone().process(c, claimed_at, Some(slots.clone())));
             }
             // Keep up to `concurrency` rows waiting behind the deliveries in flight: at
-            // most three times `concurrency` leases in all.
+            // most three times `concurrency` leases in all. A claim waits until half the
+            // queue has been taken, so it leases many rows at once: topped up one row
+            // at a time, the claim statements cost the database more than the
+            // deliveries they feed.
             let room = (3 * concurrency).saturating_sub(inflight.len() + queue.len());
-            if claiming.is_none() && may_be_due && queue.len() < concurrency && room > 0 {
+            if claiming.is_none() && may_be_due && queue.len() <= concurrency / 2 && room > 0 {
                 let worker = self.clone();
                 let limit = room.min(MAX_CLAIM);
                 claiming = Some(tokio::spawn(
