@@ -85,6 +85,7 @@ async fn a_small_run_measures_every_scenario_on_both_stores() {
             "userName eq lookup, 8 in flight (p99)",
             "delivery, no added latency",
             "delivery, 20 ms added",
+            "the emulator alone, 20 ms added",
             "initial sync end to end",
         ] {
             let o = find(prefix);

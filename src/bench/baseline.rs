@@ -33,40 +33,17 @@ pub(super) async fn emulator_alone(args: &BenchArgs) -> anyhow::Result<Alone> {
     let n = args.sync_users.max(2) as usize;
     let concurrency = args.concurrency as usize;
     let emulator = process::Emulator::start().await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let api = format!("{}/ameyorestapi", emulator.base_url());
-    let login: serde_json::Value = http
-        .post(format!("{api}/userLogin/login"))
-        .json(&json!({"userId": "admin", "token": "bench", "forceLogin": true}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let session = login["userSessionInfo"]["sessionId"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no session in {login}"))?
-        .to_string();
-    let stats = run("emulator alone: creates", n, concurrency, move |i| {
-        let user = format!("alone{i}");
-        let request = http
-            .post(format!("{api}/cc/contactCenterUsers"))
-            .header("sessionId", session.as_str())
-            .json(
-                &json!({"userId": user, "userType": "Agent", "userName": user,
-                          "contactCenterId": 1, "userData": "pw", "maxAllowedLogins": "1"}),
-            );
-        async move {
-            let r = request.send().await.expect("request");
-            assert_eq!(r.status(), 200);
-            let _ = r.bytes().await;
-        }
-    })
-    .await;
+    let per_second = creates_straight(
+        "emulator alone: creates",
+        &emulator.base_url(),
+        "alone",
+        n,
+        concurrency,
+    )
+    .await?;
     emulator.stop().await;
     Ok(Rate {
-        per_second: Some(stats.per_second()),
+        per_second: Some(per_second),
         what: format!("the emulator process alone, {concurrency} in flight"),
     })
 }
@@ -414,4 +391,48 @@ pub(super) async fn lookups(
             }))
         }
     }
+}
+
+/// Ameyo creates sent straight to the emulator at `base_url` over HTTP, `concurrency` in
+/// flight, users `<prefix><i>`, after one login: the calls per second.
+pub(super) async fn creates_straight(
+    label: &str,
+    base_url: &str,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let api = format!("{base_url}/ameyorestapi");
+    let login: serde_json::Value = http
+        .post(format!("{api}/userLogin/login"))
+        .json(&json!({"userId": "admin", "token": "bench", "forceLogin": true}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let session = login["userSessionInfo"]["sessionId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no session in {login}"))?
+        .to_string();
+    let prefix = prefix.to_string();
+    let stats = run(label, n, concurrency, move |i| {
+        let user = format!("{prefix}{i}");
+        let request = http
+            .post(format!("{api}/cc/contactCenterUsers"))
+            .header("sessionId", session.as_str())
+            .json(
+                &json!({"userId": user, "userType": "Agent", "userName": user,
+                          "contactCenterId": 1, "userData": "pw", "maxAllowedLogins": "1"}),
+            );
+        async move {
+            let r = request.send().await.expect("request");
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await;
+        }
+    })
+    .await;
+    Ok(stats.per_second())
 }

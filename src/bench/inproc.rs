@@ -530,6 +530,7 @@ pub(super) async fn measure(
             .await;
         }
         let drain = deliver(&backend, &emulator, worker.clone(), latency_ms).await?;
+        let logins = emulator.login_count();
         let calls_per_sec = drain.calls as f64 / drain.secs;
         let users_per_sec = drain.users as f64 / drain.secs;
         if latency_ms == 0 {
@@ -560,13 +561,46 @@ pub(super) async fn measure(
                     format!("concurrency / latency = {DELIVERY_CONCURRENCY} / {latency_ms} ms"),
                 ),
             );
+            // What the same emulator answers with that latency to a client that does
+            // nothing else, as many in flight: the ceiling the machine allows (a timer
+            // rounds each wait up, and the HTTP exchange comes on top).
+            emulator.set_faults(ameyo_emulator::Faults {
+                latency_ms,
+                ..Default::default()
+            });
+            let straight = super::baseline::creates_straight(
+                &format!("the emulator alone, {latency_ms} ms added"),
+                &format!("http://{emu_addr}"),
+                &format!("straight{round}-"),
+                (drain.calls as usize).max(DELIVERY_CONCURRENCY),
+                DELIVERY_CONCURRENCY,
+            )
+            .await?;
+            emulator.set_faults(ameyo_emulator::Faults::default());
+            report.outcomes.push(
+                Outcome::new(
+                    &format!("the emulator alone, {latency_ms} ms added per call (calls/s)"),
+                    kind,
+                    straight,
+                    "/s",
+                    Target::None,
+                )
+                .against(
+                    Some(ideal),
+                    format!("concurrency / latency = {DELIVERY_CONCURRENCY} / {latency_ms} ms"),
+                ),
+            );
+            report.notes.push(format!(
+                "delivery with {latency_ms} ms added: {calls_per_sec:.0} calls/s, {:.2} of the {straight:.0} calls/s the same emulator answers a client doing nothing else, {DELIVERY_CONCURRENCY} in flight",
+                calls_per_sec / straight,
+            ));
         }
         report.notes.push(format!(
             "delivery with {latency_ms} ms added: {} pending users delivered in {:.1}s ({users_per_sec:.0} users/s; {} Ameyo calls, {calls_per_sec:.0} calls/s; {} logins)",
             drain.users,
             drain.secs,
             drain.calls,
-            emulator.login_count(),
+            logins,
         ));
     }
 
