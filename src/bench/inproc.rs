@@ -561,22 +561,29 @@ pub(super) async fn measure(
                     format!("concurrency / latency = {DELIVERY_CONCURRENCY} / {latency_ms} ms"),
                 ),
             );
-            // What the same emulator answers with that latency to a client that does
-            // nothing else, as many in flight: the ceiling the machine allows (a timer
-            // rounds each wait up, and the HTTP exchange comes on top).
-            emulator.set_faults(ameyo_emulator::Faults {
-                latency_ms,
-                ..Default::default()
-            });
+            // What an emulator like this one, in this process, answers with that
+            // latency to a client that does nothing else, as many in flight: the
+            // ceiling the machine allows (a timer rounds each wait up, and the HTTP
+            // exchange comes on top). One of its own: the client's forced login would
+            // end the worker's session on this one.
+            let (alike, alike_addr) = Emulator::spawn(EmulatorOptions {
+                faults: ameyo_emulator::Faults {
+                    latency_ms,
+                    ..Default::default()
+                },
+                ..EmulatorOptions::default()
+            })
+            .await?;
             let straight = super::baseline::creates_straight(
                 &format!("the emulator alone, {latency_ms} ms added"),
-                &format!("http://{emu_addr}"),
-                &format!("straight{round}-"),
+                &format!("http://{alike_addr}"),
+                "straight",
                 (drain.calls as usize).max(DELIVERY_CONCURRENCY),
                 DELIVERY_CONCURRENCY,
             )
             .await?;
-            emulator.set_faults(ameyo_emulator::Faults::default());
+            // Its listener stays (idle) until the run ends; nothing calls it again.
+            drop(alike);
             report.outcomes.push(
                 Outcome::new(
                     &format!("the emulator alone, {latency_ms} ms added per call (calls/s)"),
@@ -591,7 +598,7 @@ pub(super) async fn measure(
                 ),
             );
             report.notes.push(format!(
-                "delivery with {latency_ms} ms added: {calls_per_sec:.0} calls/s, {:.2} of the {straight:.0} calls/s the same emulator answers a client doing nothing else, {DELIVERY_CONCURRENCY} in flight",
+                "delivery with {latency_ms} ms added: {calls_per_sec:.0} calls/s, {:.2} of the {straight:.0} calls/s an emulator alike answers a client doing nothing else, {DELIVERY_CONCURRENCY} in flight",
                 calls_per_sec / straight,
             ));
         }
