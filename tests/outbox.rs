@@ -444,6 +444,32 @@ impl Outbox for HookedOutbox {
     }
 }
 
+/// A worker for the tenants of `settings` over a [`HookedOutbox`] around the app's
+/// outbox, handing out work `claims` times.
+fn hooked_worker(
+    s: &SyncApp,
+    settings: &ameyo_scim::config::Settings,
+    claims: u32,
+    on_claim_user_id: OnClaimUserId,
+    owner: &str,
+) -> (Arc<HookedOutbox>, Arc<Worker>) {
+    let tenants = ameyo_scim::tenants::build(settings, &|_| None).expect("tenants");
+    let outbox = Arc::new(HookedOutbox {
+        inner: s.app.backend.outbox.clone(),
+        claims: AtomicU32::new(claims),
+        on_claim_user_id,
+        limits: Default::default(),
+    });
+    let worker = Arc::new(Worker::from_tenants(
+        &settings.sync,
+        &tenants,
+        outbox.clone(),
+        s.app.backend.cipher.clone(),
+        owner.into(),
+    ));
+    (outbox, worker)
+}
+
 /// `ameyo_scim_sync_delivery_panics_total` of tenant `a`, as exported.
 fn panics_of_a() -> f64 {
     let text = ameyo_scim::telemetry::metrics::install().render();
@@ -459,20 +485,7 @@ async fn a_panicking_delivery_is_counted_as_an_attempt_and_ends_dead(db: TestDb)
     let id = uuid(&s.app.create_named("crash@example.com").await);
     let mut settings = settings_of(&s);
     settings.sync.max_attempts = 2;
-    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
-    let outbox = Arc::new(HookedOutbox {
-        inner: s.app.backend.outbox.clone(),
-        claims: AtomicU32::new(1),
-        on_claim_user_id: OnClaimUserId::Panic,
-        limits: Default::default(),
-    });
-    let worker = Arc::new(Worker::from_tenants(
-        &settings.sync,
-        &tenants,
-        outbox.clone(),
-        s.app.backend.cipher.clone(),
-        "panicky".into(),
-    ));
+    let (outbox, worker) = hooked_worker(&s, &settings, 1, OnClaimUserId::Panic, "panicky");
     let before = panics_of_a();
 
     worker.run_until_idle().await.expect("deliveries");
@@ -515,25 +528,13 @@ async fn a_delivery_writing_to_the_database_leaves_its_call_slot_to_others(db: T
     s.app.create_named("free@example.com").await;
     let mut settings = settings_of(&s);
     settings.sync.concurrency = 1;
-    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
     let release = Arc::new(Notify::new());
-    let outbox = Arc::new(HookedOutbox {
-        inner: s.app.backend.outbox.clone(),
-        claims: AtomicU32::new(u32::MAX),
-        on_claim_user_id: OnClaimUserId::Hold {
-            held,
-            entered: Arc::new(tokio::sync::Semaphore::new(0)),
-            release: release.clone(),
-        },
-        limits: Default::default(),
-    });
-    let worker = Arc::new(Worker::from_tenants(
-        &settings.sync,
-        &tenants,
-        outbox,
-        s.app.backend.cipher.clone(),
-        "one-slot".into(),
-    ));
+    let hold = OnClaimUserId::Hold {
+        held,
+        entered: Arc::new(tokio::sync::Semaphore::new(0)),
+        release: release.clone(),
+    };
+    let (_, worker) = hooked_worker(&s, &settings, u32::MAX, hold, "one-slot");
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
 
@@ -562,6 +563,27 @@ async fn a_delivery_writing_to_the_database_leaves_its_call_slot_to_others(db: T
     assert_eq!(s.calls("POST", "cc/contactCenterUsers").len(), 2);
 }
 
+/// Run `worker` as `serve` does until the emulator holds `users` users, then stop it.
+async fn run_until_ameyo_holds(
+    worker: Arc<Worker>,
+    emulator: &ameyo_emulator::Emulator,
+    users: usize,
+) {
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emulator.user_count() < users {
+        assert!(
+            Instant::now() < deadline,
+            "only {} delivered",
+            emulator.user_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("the worker stops");
+}
+
 both_backends!(calls_in_flight_never_exceed_the_concurrency);
 /// `sync.concurrency` bounds the calls in flight to Ameyo, and a worker with enough
 /// work keeps that many going.
@@ -581,23 +603,7 @@ async fn calls_in_flight_never_exceed_the_concurrency(db: TestDb) {
         latency_ms: 100,
         ..Faults::default()
     });
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(
-        s.worker
-            .clone()
-            .run(shutdown.clone(), Duration::from_secs(5)),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s.emulator.user_count() < 12 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} delivered",
-            s.emulator.user_count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shutdown.cancel();
-    running.await.expect("the worker stops");
+    run_until_ameyo_holds(s.worker.clone(), &s.emulator, 12).await;
     assert_eq!(s.emulator.most_in_flight(), 3);
 }
 
@@ -618,33 +624,8 @@ async fn claims_lease_many_rows_at_once(db: TestDb) {
     });
     let mut settings = settings_of(&s);
     settings.sync.concurrency = 4;
-    let tenants = ameyo_scim::tenants::build(&settings, &|_| None).expect("tenants");
-    let outbox = Arc::new(HookedOutbox {
-        inner: s.app.backend.outbox.clone(),
-        claims: AtomicU32::new(u32::MAX),
-        on_claim_user_id: OnClaimUserId::Pass,
-        limits: Default::default(),
-    });
-    let worker = Arc::new(Worker::from_tenants(
-        &settings.sync,
-        &tenants,
-        outbox.clone(),
-        s.app.backend.cipher.clone(),
-        "batches".into(),
-    ));
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s.emulator.user_count() < 40 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} delivered",
-            s.emulator.user_count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shutdown.cancel();
-    running.await.expect("the worker stops");
+    let (outbox, worker) = hooked_worker(&s, &settings, u32::MAX, OnClaimUserId::Pass, "batches");
+    run_until_ameyo_holds(worker, &s.emulator, 40).await;
     let limits = outbox.limits.lock().unwrap().clone();
     assert!(
         limits.iter().all(|&n| n >= 2),
