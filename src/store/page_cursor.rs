@@ -53,6 +53,23 @@ pub struct PageRead {
     pub skipped: u64,
 }
 
+impl PageRead {
+    /// The answer to a request for no users (`count=0`): the total alone, nothing read.
+    pub fn total_only(total: u64) -> (super::Page, PageRead) {
+        let page = super::Page {
+            total,
+            users: vec![],
+        };
+        (
+            page,
+            PageRead {
+                after: 0,
+                skipped: 0,
+            },
+        )
+    }
+}
+
 /// The remembered keys of unfiltered pages.
 #[derive(Debug)]
 pub struct PageCursors<K> {

@@ -286,17 +286,7 @@ impl SqliteStore {
         let total = live.max(0) as u64;
         if q.count == 0 {
             tx.commit().await.map_err(db_error)?;
-            let read = PageRead {
-                after: 0,
-                skipped: 0,
-            };
-            return Ok((
-                Page {
-                    total,
-                    users: vec![],
-                },
-                read,
-            ));
+            return Ok(PageRead::total_only(total));
         }
         let limit = i64::try_from(q.count).unwrap_or(i64::MAX);
         let every = self.cursors.anchor_every();
