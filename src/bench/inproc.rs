@@ -530,7 +530,6 @@ pub(super) async fn measure(
             .await;
         }
         let drain = deliver(&backend, &emulator, worker.clone(), latency_ms).await?;
-        let logins = emulator.login_count();
         let calls_per_sec = drain.calls as f64 / drain.secs;
         let users_per_sec = drain.users as f64 / drain.secs;
         if latency_ms == 0 {
@@ -607,7 +606,7 @@ pub(super) async fn measure(
             drain.users,
             drain.secs,
             drain.calls,
-            logins,
+            emulator.login_count(),
         ));
     }
 
