@@ -148,12 +148,14 @@ impl Backend {
         }
     }
 
-    /// A store over an open PostgreSQL pool (migrations already applied).
+    /// A store over an open PostgreSQL pool (migrations already applied). Writes wake
+    /// this process's workers directly and other processes' through `NOTIFY`.
     pub fn postgres(pool: sqlx::PgPool, cipher: PasswordCipher) -> Self {
+        let wake = super::wake::PgWake::new(pool.clone());
         Self {
-            users: Arc::new(PgStore::new(pool.clone(), cipher.clone())),
+            users: Arc::new(PgStore::new(pool.clone(), cipher.clone()).with_wake(wake.clone())),
             groups: Arc::new(PgGroupStore::new(pool.clone())),
-            outbox: Arc::new(PgOutbox::new(pool.clone())),
+            outbox: Arc::new(PgOutbox::new(pool.clone()).with_wake(wake)),
             cipher,
             db: Db::Postgres(pool),
             lock: None,

@@ -13,6 +13,7 @@ pub mod password;
 pub mod postgres;
 pub mod session;
 pub mod sqlite;
+pub mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

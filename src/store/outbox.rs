@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Result;
+use super::wake::PgWake;
 
 /// The channel workers `LISTEN` on; a commit that makes work due notifies it.
 pub const SYNC_CHANNEL: &str = "ameyo_scim_sync";
@@ -517,11 +518,44 @@ SELECT count(*) FROM (SELECT pg_notify('ameyo_scim_sync', tenant_id) FROM r) AS 
 #[derive(Clone, Debug)]
 pub struct PgOutbox {
     pool: PgPool,
+    wake: PgWake,
 }
 
 impl PgOutbox {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            wake: PgWake::new(pool.clone()),
+            pool,
+        }
+    }
+
+    /// Hear this process's writes through `wake`, shared with the user store of the
+    /// same database.
+    pub fn with_wake(mut self, wake: PgWake) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// Wakes `notify` on every `NOTIFY` of any process (this one's writes included, a
+    /// moment after the in-memory wake-up); reconnects when the connection drops.
+    async fn hear_others(&self, notify: &Notify) {
+        loop {
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot LISTEN; polling only for now");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            if listener.listen(SYNC_CHANNEL).await.is_err() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            while listener.recv().await.is_ok() {
+                notify.notify_one();
+            }
+        }
     }
 }
 
@@ -1182,32 +1216,17 @@ impl Outbox for PgOutbox {
     }
 
     async fn listen(self: Arc<Self>, notify: Arc<Notify>, shutdown: CancellationToken) {
-        loop {
-            let mut listener = match PgListener::connect_with(&self.pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot LISTEN; polling only for now");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                    }
-                }
-            };
-            if listener.listen(SYNC_CHANNEL).await.is_err() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-            }
+        // This process's writes wake the worker in memory, whether or not LISTEN works.
+        let local = async {
             loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    n = listener.recv() => match n {
-                        Ok(_) => notify.notify_one(),
-                        Err(_) => break,
-                    },
-                }
+                self.wake.local().notified().await;
+                notify.notify_one();
             }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = local => {}
+            _ = self.hear_others(&notify) => {}
         }
     }
 

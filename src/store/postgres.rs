@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::outbox::{Outbox, PgOutbox, SyncCount};
 use super::page_cursor::{ANCHORS, GENERATION, PageCursors, PageRead};
 use super::password::PasswordCipher;
+use super::wake::PgWake;
 use super::{Change, IfMatch, ListQuery, Page, Result, StoreError, UserStore, Warming};
 use crate::config::DatabaseSettings;
 use crate::scim::resource::{StoredUser, UserGroup, UserInput};
@@ -36,6 +37,8 @@ pub struct PgStore {
     /// Where the next page of a tenant walk starts (see [`PageCursors`]).
     cursors: Arc<PageCursors<(DateTime<Utc>, Uuid)>>,
     warming: Warming,
+    /// Told after every commit that makes a user's delivery due.
+    wake: PgWake,
 }
 
 /// A pool for the configured database. It connects lazily, so the service starts (and
@@ -208,11 +211,19 @@ impl PgStore {
 
     pub fn new(pool: PgPool, cipher: PasswordCipher) -> Self {
         Self {
+            wake: PgWake::new(pool.clone()),
             pool,
             cipher,
             cursors: Default::default(),
             warming: Default::default(),
         }
+    }
+
+    /// Wake workers through `wake` (shared with the outbox of the same database, whose
+    /// [`Outbox::listen`](super::outbox::Outbox::listen) hears it).
+    pub fn with_wake(mut self, wake: PgWake) -> Self {
+        self.wake = wake;
+        self
     }
 
     pub fn cipher(&self) -> &PasswordCipher {
@@ -267,7 +278,7 @@ pub const CREATE_SQL: &str = concat!(
     "
      SELECT ",
     user_columns!(),
-    ", pg_notify('ameyo_scim_sync', u.tenant_id) FROM u"
+    " FROM u"
 );
 
 const GET_SQL: &str = concat!(
@@ -291,7 +302,7 @@ const UPDATE_SQL: &str = concat!(
     mark_pending!(keep_or_set_password "$8"),
     " SELECT ",
     user_columns!(),
-    ", pg_notify('ameyo_scim_sync', u.tenant_id) FROM u"
+    " FROM u"
 );
 
 const DELETE_SQL: &str = concat!(
@@ -302,7 +313,7 @@ const DELETE_SQL: &str = concat!(
         RETURNING *), ",
     // A deleted user's password is never delivered: erase it now.
     mark_pending!(erase_password),
-    " SELECT count(*) FROM (SELECT pg_notify('ameyo_scim_sync', u.tenant_id) FROM u) AS n"
+    " SELECT count(*) FROM u"
 );
 
 /// A deleted user leaves its groups: a statement of its own after the user's row lock
@@ -635,7 +646,7 @@ impl PgStore {
 
     /// The outbox of this database.
     pub fn outbox(&self) -> PgOutbox {
-        PgOutbox::new(self.pool.clone())
+        PgOutbox::new(self.pool.clone()).with_wake(self.wake.clone())
     }
 
     /// The plan Postgres chooses for a list query (`EXPLAIN`, optionally `ANALYZE`),
@@ -676,6 +687,7 @@ impl UserStore for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(map_unique)?;
+        self.wake.due();
         row_to_user(&row)
     }
 
@@ -744,7 +756,10 @@ impl UserStore for PgStore {
                 .try_update(&self.pool, tenant, current, if_match, change)
                 .await?
             {
-                Some(user) => return Ok(user),
+                Some(user) => {
+                    self.wake.due();
+                    return Ok(user);
+                }
                 None => continue, // another writer got there first: read again
             }
         }
@@ -766,6 +781,7 @@ impl UserStore for PgStore {
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))?;
         tx.commit().await?;
+        self.wake.due();
         Ok(user)
     }
 
@@ -787,6 +803,7 @@ impl UserStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            self.wake.due();
             return Ok(());
         }
         drop(tx);
