@@ -129,6 +129,14 @@ async fn a_small_run_measures_every_scenario_on_both_stores() {
             .map(|n| n.as_str().unwrap())
             .collect();
         assert!(notes.iter().any(|n| n.contains("none twice")), "{notes:?}");
+        // Where a create's CPU went, beside the baseline's, and the ceiling they give.
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("create: CPU per create: POST /Users ")
+                    && n.contains("POST can reach at most")),
+            "{notes:?}"
+        );
     }
 
     // The same report as a Markdown table, with the machine and the command.

@@ -15,6 +15,8 @@ use crate::store::backend::{Backend, Db};
 pub(super) struct Rate {
     pub per_second: Option<f64>,
     pub what: String,
+    /// The CPU one operation cost, where the run measured it.
+    pub cpu: Option<super::cpu::PerOp>,
 }
 
 /// The emulator alone (its own process): creates over HTTP, as many as the initial
@@ -45,6 +47,7 @@ pub(super) async fn emulator_alone(args: &BenchArgs) -> anyhow::Result<Alone> {
     Ok(Rate {
         per_second: Some(per_second),
         what: format!("the emulator process alone, {concurrency} in flight"),
+        cpu: None,
     })
 }
 
@@ -204,6 +207,7 @@ pub(super) async fn creates(
                 return Ok(Rate {
                     per_second: None,
                     what: "pgbench not found".into(),
+                    cpu: None,
                 });
             };
             // The resource as the service stored one of the users it created.
@@ -230,6 +234,7 @@ pub(super) async fn creates(
             progress("pgbench: the create statement...");
             let url = scratch.url();
             let vars = [("tenant", TENANT.to_string()), ("resource", resource)];
+            let cpu_before = super::cpu::Reading::now();
             let result = run_pgbench(Pgbench {
                 bin: &bin,
                 url: &url,
@@ -243,6 +248,8 @@ pub(super) async fn creates(
                 log: false,
             })
             .await;
+            let cpu =
+                super::cpu::Reading::now().per_op_since(&cpu_before, clients * n.div_ceil(clients));
             // Its users must not be delivered or counted by what follows.
             sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND user_name LIKE 'pgb%'")
                 .bind(TENANT)
@@ -253,10 +260,12 @@ pub(super) async fn creates(
             Ok(Rate {
                 per_second: Some(result.tps),
                 what: format!("pgbench, the create statement, {clients} clients"),
+                cpu: Some(cpu),
             })
         }
         Db::Sqlite(_) => {
             let users = backend.users.clone();
+            let cpu_before = super::cpu::Reading::now();
             let stats = run("store create (no HTTP)", n, clients, move |i| {
                 let users = users.clone();
                 async move {
@@ -271,6 +280,7 @@ pub(super) async fn creates(
                 }
             })
             .await;
+            let cpu = super::cpu::Reading::now().per_op_since(&cpu_before, n);
             // Their outbox rows must not be delivered by what follows.
             if let Db::Sqlite(pool) = &backend.db {
                 sqlx::query(
@@ -288,6 +298,7 @@ pub(super) async fn creates(
             Ok(Rate {
                 per_second: Some(stats.per_second()),
                 what: format!("the store's create without HTTP, {clients} at once"),
+                cpu: Some(cpu),
             })
         }
     }

@@ -470,9 +470,20 @@ pub(super) async fn measure(
         (f, out)
     };
     let (post, created) = create("new");
+    let cpu_before = super::cpu::Reading::now();
     let posts = run("POST /Users", n, concurrency, post).await;
+    let post_cpu = super::cpu::Reading::now().per_op_since(&cpu_before, n);
     // The write baseline right after, while the machine is in the same state.
     let writes = baseline::creates(&backend, scratch, args).await?;
+    if let (Some(base_cpu), Some(base_rate)) = (writes.cpu, writes.per_second) {
+        report.notes.push(create_cpu_note(
+            kind,
+            &post_cpu,
+            posts.per_second(),
+            &base_cpu,
+            base_rate,
+        ));
+    }
     report.outcomes.push(
         Outcome::new(
             &format!("create: POST /Users, {concurrency} in flight"),
@@ -714,4 +725,47 @@ async fn deliver(
         secs,
         calls,
     })
+}
+
+/// Where a create's CPU went, over HTTP and in the baseline, and the share of the
+/// baseline's rate the POSTs could reach with the cores as the limit.
+fn create_cpu_note(
+    kind: Kind,
+    post: &super::cpu::PerOp,
+    post_rate: f64,
+    base: &super::cpu::PerOp,
+    base_rate: f64,
+) -> String {
+    let ceiling = super::cpu::ceiling(post, base);
+    let reached = post_rate / base_rate.max(1e-9);
+    let (post_parts, base_parts) = match kind {
+        Kind::Postgres => (
+            format!(
+                "the service and the benchmark's HTTP client {:.2} ms, PostgreSQL {:.2} ms, the rest {:.2} ms",
+                post.own, post.postgres, post.rest
+            ),
+            format!(
+                "PostgreSQL {:.2} ms, pgbench and the rest {:.2} ms",
+                base.postgres,
+                base.own + base.rest
+            ),
+        ),
+        Kind::Sqlite => (
+            format!(
+                "the service, SQLite and the benchmark's HTTP client (one process) {:.2} ms, the rest {:.2} ms",
+                post.own,
+                post.postgres + post.rest
+            ),
+            format!(
+                "the store and SQLite {:.2} ms, the rest {:.2} ms",
+                base.own,
+                base.postgres + base.rest
+            ),
+        ),
+    };
+    format!(
+        "create: CPU per create: POST /Users {:.2} ms ({post_parts}); the baseline {:.2} ms ({base_parts}). With every core busy, POST can reach at most {ceiling:.2} of the baseline's rate; it reached {reached:.2}",
+        post.total(),
+        base.total(),
+    )
 }

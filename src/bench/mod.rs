@@ -18,6 +18,7 @@
 //! JSON with `--json`. Progress goes to stderr unless `--json`.
 
 mod baseline;
+mod cpu;
 mod inproc;
 mod process;
 

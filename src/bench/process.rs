@@ -35,40 +35,6 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// CPU time a process has used (user and system), in seconds; 0 if it is gone.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: state is field 3, utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Linux reports in USER_HZ, 100 on every platform it runs on.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// CPU time every process named `name` on this machine has used, in seconds.
-fn cpu_secs_named(name: &str) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim() == name)
-                .unwrap_or(false)
-        })
-        .map(cpu_secs)
-        .sum()
-}
-
 /// Where the CPU went between two readings.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
@@ -81,10 +47,10 @@ struct Cpu {
 impl Cpu {
     fn read(serve: u32, emulator: u32) -> Self {
         Cpu {
-            serve: cpu_secs(serve),
-            emulator: cpu_secs(emulator),
-            postgres: cpu_secs_named("postgres"),
-            client: cpu_secs(std::process::id()),
+            serve: super::cpu::process_secs(serve),
+            emulator: super::cpu::process_secs(emulator),
+            postgres: super::cpu::named_secs("postgres"),
+            client: super::cpu::process_secs(std::process::id()),
         }
     }
 
@@ -99,7 +65,7 @@ impl Cpu {
             ms(self.client, before.client),
         );
         let total = s + e + p + c;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = super::cpu::cores();
         format!(
             "CPU per user: serve {s:.2} ms, PostgreSQL {p:.2} ms, emulator {e:.2} ms, the benchmark's client {c:.2} ms; {total:.2} ms in all, so {cores:.0} cores allow at most {:.0} users/s",
             cores * 1000.0 / total.max(1e-9)
