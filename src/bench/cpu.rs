@@ -5,8 +5,19 @@
 
 /// CPU time a process has used (user and system), in seconds; 0 if it is gone.
 pub(super) fn process_secs(pid: u32) -> f64 {
+    stat_secs(pid, false)
+}
+
+/// `/proc/{pid}/stat`'s user and system time, with its ended children's if `children`.
+fn stat_secs(pid: u32, children: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    secs_of(&stat, children)
+}
+
+/// The seconds in a `/proc/{pid}/stat` line.
+fn secs_of(stat: &str, children: bool) -> f64 {
+    // After the command name in parentheses: state is field 3, utime 14, stime 15,
+    // cutime 16, cstime 17.
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return 0.0;
     };
@@ -17,11 +28,16 @@ pub(super) fn process_secs(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    let own = ticks(11) + ticks(12);
+    let ended = if children { ticks(13) + ticks(14) } else { 0.0 };
     // Linux reports in USER_HZ, 100 on every platform it runs on.
-    (ticks(11) + ticks(12)) / 100.0
+    (own + ended) / 100.0
 }
 
-/// CPU time every process named `name` on this machine has used, in seconds.
+/// CPU time every process named `name` on this machine has used, in seconds, with
+/// that of their children that have ended: PostgreSQL's postmaster is charged with the
+/// time of each backend that exits (such as those of a `pgbench` run, gone by the time
+/// it is read).
 pub(super) fn named_secs(name: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -33,7 +49,7 @@ pub(super) fn named_secs(name: &str) -> f64 {
                 .map(|c| c.trim() == name)
                 .unwrap_or(false)
         })
-        .map(process_secs)
+        .map(|pid| stat_secs(pid, true))
         .sum()
 }
 
@@ -107,6 +123,11 @@ impl PerOp {
     pub fn total(&self) -> f64 {
         self.own + self.postgres + self.rest
     }
+
+    /// The share of the machine's cores kept busy at `per_second` operations a second.
+    pub fn busy(&self, per_second: f64) -> f64 {
+        per_second * self.total() / 1000.0 / cores()
+    }
 }
 
 /// With every core busy in both runs, the most a run costing `run` per operation can
@@ -125,6 +146,16 @@ mod tests {
         let line = "cpu  1000 50 300 9000 400 10 20 5 0 0";
         assert!((busy_of(line) - 13.85).abs() < 1e-9);
         assert_eq!(busy_of(""), 0.0);
+    }
+
+    #[test]
+    fn a_process_time_with_or_without_its_ended_children() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        // cmajflt utime stime cutime cstime ...
+        let stat = "42 (post gres) S 1 42 42 0 -1 4194560 10 0 0 0 150 50 700 300 20 0";
+        assert!((secs_of(stat, false) - 2.0).abs() < 1e-9);
+        assert!((secs_of(stat, true) - 12.0).abs() < 1e-9);
+        assert_eq!(secs_of("", true), 0.0);
     }
 
     #[test]

@@ -763,9 +763,21 @@ fn create_cpu_note(
             ),
         ),
     };
+    let (busy, base_busy) = (post.busy(post_rate), base.busy(base_rate));
+    let limit = if busy >= 0.9 && base_busy >= 0.9 {
+        format!(
+            "With the cores the limit of both, POST can reach at most {ceiling:.2} of the baseline's rate; it reached {reached:.2}"
+        )
+    } else {
+        format!(
+            "The cores were not the limit of both (POST {reached:.2} of the baseline's rate, the cost ratio {ceiling:.2})"
+        )
+    };
     format!(
-        "create: CPU per create: POST /Users {:.2} ms ({post_parts}); the baseline {:.2} ms ({base_parts}). With every core busy, POST can reach at most {ceiling:.2} of the baseline's rate; it reached {reached:.2}",
+        "create: CPU per create: POST /Users {:.2} ms ({post_parts}), cores {:.0}% busy; the baseline {:.2} ms ({base_parts}), cores {:.0}% busy. {limit}",
         post.total(),
+        busy * 100.0,
         base.total(),
+        base_busy * 100.0,
     )
 }
