@@ -134,7 +134,7 @@ async fn a_small_run_measures_every_scenario_on_both_stores() {
             notes
                 .iter()
                 .any(|n| n.starts_with("create: CPU per create: POST /Users ")
-                    && n.contains("POST can reach at most")),
+                    && n.contains("% busy; the baseline ")),
             "{notes:?}"
         );
     }
