@@ -313,16 +313,18 @@ async fn measure_groups(
     })
 }
 
-/// Users waiting for delivery or being delivered, in every tenant.
+/// Users waiting for delivery or being delivered, in every tenant: counted along the
+/// outbox's two partial indexes (pending rows, leased rows), so asking often while a
+/// delivery is measured costs the database next to nothing. (The outbox's `counts`,
+/// which the metrics use, groups every row: at a million users a quarter of a second
+/// of a core each time, which slowed the very delivery it was waiting for.)
 async fn outstanding(backend: &Backend) -> anyhow::Result<i64> {
-    Ok(backend
-        .outbox
-        .counts()
-        .await?
-        .iter()
-        .filter(|c| c.state == "pending" || c.state == "leased")
-        .map(|c| c.users)
-        .sum())
+    const SQL: &str = "SELECT (SELECT count(*) FROM sync_state WHERE state = 'pending')
+                            + (SELECT count(*) FROM sync_state WHERE state = 'leased')";
+    Ok(match &backend.db {
+        Db::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+        Db::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+    })
 }
 
 /// What the in-process part hands to the rest of the run.
