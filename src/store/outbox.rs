@@ -800,7 +800,8 @@ SELECT jsonb_build_object('at', at, 'version', version, 'worker', worker, 'call'
         'error', error)
 FROM sync_attempts WHERE user_id = $1 ORDER BY at DESC, id DESC LIMIT $2";
 
-async fn notify(pool: &PgPool, why: &str) -> Result<()> {
+/// `NOTIFY` the workers of every process (payload: why).
+pub(super) async fn notify(pool: &PgPool, why: &str) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(SYNC_CHANNEL)
         .bind(why)

@@ -219,6 +219,15 @@ impl PgStore {
         }
     }
 
+    /// After an update's commit: wake the workers if it wrote a new version (an update
+    /// that changed nothing marks nothing pending; re-arming a dead row notifies in its
+    /// own statement).
+    fn wrote(&self, read: i64, user: &StoredUser) {
+        if user.version != read {
+            self.wake.due();
+        }
+    }
+
     /// Wake workers through `wake` (shared with the outbox of the same database, whose
     /// [`Outbox::listen`](super::outbox::Outbox::listen) hears it).
     pub fn with_wake(mut self, wake: PgWake) -> Self {
@@ -752,12 +761,13 @@ impl UserStore for PgStore {
         // Optimistic first: no lock is held while `change` runs.
         for _ in 0..OPTIMISTIC_TRIES {
             let current = self.get(tenant, id).await?.ok_or(StoreError::NotFound)?;
+            let read = current.version;
             match self
                 .try_update(&self.pool, tenant, current, if_match, change)
                 .await?
             {
                 Some(user) => {
-                    self.wake.due();
+                    self.wrote(read, &user);
                     return Ok(user);
                 }
                 None => continue, // another writer got there first: read again
@@ -776,12 +786,13 @@ impl UserStore for PgStore {
             .map(row_to_user)
             .transpose()?
             .ok_or(StoreError::NotFound)?;
+        let read = current.version;
         let user = self
             .try_update(&mut *tx, tenant, current, if_match, change)
             .await?
             .ok_or_else(|| StoreError::Database(sqlx::Error::RowNotFound))?;
         tx.commit().await?;
-        self.wake.due();
+        self.wrote(read, &user);
         Ok(user)
     }
 

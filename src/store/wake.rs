@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 
-use super::outbox::SYNC_CHANNEL;
+use super::outbox::notify;
 
 /// The least time between two `NOTIFY`s this process sends for its writes: the longest
 /// a worker of another process waits to hear of a write.
@@ -71,11 +71,7 @@ impl PgWake {
 /// meanwhile become one. Ends when every [`PgWake`] sharing it is gone.
 async fn send_notifies(pool: PgPool, mut due: mpsc::Receiver<()>) {
     while due.recv().await.is_some() {
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, 'due')")
-            .bind(SYNC_CHANNEL)
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = notify(&pool, "due").await {
             // The other processes' workers find the work when they next poll.
             tracing::debug!(error = %e, "cannot send NOTIFY");
         }
